@@ -1,0 +1,266 @@
+"""Dataset loading, task formatting, collators and metrics (packaged MiniLM tokenizer, tiny models)."""
+
+import json
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset, DatasetDict
+
+from loraplus.data import (
+    _rotten_tomatoes_frame,
+    collator_for,
+    load_splits,
+    prepare_causal_lm,
+    prepare_classification,
+    prepare_label_words,
+    prepare_sft,
+)
+from loraplus.errors import LoraPlusError
+from loraplus.metrics import (
+    classification_metrics,
+    compute_metrics_for,
+    label_word_ids,
+    label_word_logprobs,
+    regression_metrics,
+    score_label_words,
+)
+from loraplus.models import load_tokenizer, resolve_model
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(resolve_model("minilm"))
+
+
+def splits(train, validation=None):
+    out = {"train": Dataset.from_list(train)}
+    if validation is not None:
+        out["validation"] = Dataset.from_list(validation)
+    return DatasetDict(out)
+
+
+def write_rows(path, rows):
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        sep = "\t" if path.suffix == ".tsv" else ","
+        path.write_text("text" + sep + "label\n" + "".join(f"{r['text']}{sep}{r['label']}\n" for r in rows))
+    return path
+
+
+ROWS = [{"text": f"review number {i}", "label": ["bad", "good"][i % 2]} for i in range(20)]
+
+
+def test_rotten_tomatoes_counts():
+    """The built-in data holds fresh 7,403 (label 1) and rotten 5,405 (label 0) snippets, no plots."""
+    frame = _rotten_tomatoes_frame()
+    assert (frame["label"] == 1).sum() == 7403 and (frame["label"] == 0).sum() == 5405
+
+
+def test_rotten_tomatoes_split_is_fixed():
+    """The built-in split is 80/10/10, disjoint, labelled negative/positive, and ignores the run seed."""
+    a, b = load_splits(dataset_name="rotten_tomatoes", seed=1), load_splits(dataset_name="rotten_tomatoes", seed=2)
+    assert {k: len(v) for k, v in a.items()} == {"train": 10248, "validation": 1280, "test": 1280}
+    assert a["train"].features["label"].names == ["negative", "positive"]
+    assert a["test"]["text"] == b["test"]["text"] and a["train"]["text"][:50] == b["train"]["text"][:50]
+    assert sum(a["train"]["label"]) / len(a["train"]) == pytest.approx(7403 / 12808, abs=0.02)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_local_files_load_and_carve_validation(tmp_path, suffix):
+    """A local csv/tsv/jsonl train file loads; a seeded validation split is carved from it."""
+    path = write_rows(tmp_path / f"train{suffix}", ROWS)
+    a = load_splits(train_file=str(path), validation_split_ratio=0.25, seed=3)
+    b = load_splits(train_file=str(path), validation_split_ratio=0.25, seed=3)
+    assert (len(a["train"]), len(a["validation"])) == (15, 5)
+    assert a["validation"]["text"] == b["validation"]["text"]
+    assert set(a["train"]["text"]).isdisjoint(a["validation"]["text"])
+
+
+def test_folder_with_dev_file(tmp_path):
+    """A dataset folder with train.jsonl and dev.jsonl gives train and validation from those files."""
+    write_rows(tmp_path / "train.jsonl", ROWS)
+    write_rows(tmp_path / "dev.jsonl", ROWS[:4])
+    out = load_splits(dataset_name=str(tmp_path), max_train_samples=7)
+    assert (len(out["train"]), len(out["validation"])) == (7, 4) and "test" not in out
+
+
+@pytest.mark.parametrize("case, needle", [("missing", "does not exist"), ("extension", ".parquet"),
+                                          ("empty", "no examples"), ("hub", "offline")])
+def test_load_errors_are_one_line(tmp_path, case, needle):
+    """Missing file, unsupported extension, empty split and an offline hub name are one-line LoraPlusErrors."""
+    kwargs = {"missing": {"train_file": str(tmp_path / "nope.csv")},
+              "extension": {"train_file": str((tmp_path / "data.xml").resolve())},
+              "empty": {"train_file": str(tmp_path / "train.csv")},
+              "hub": {"dataset_name": "no-such-dataset-xyz"}}[case]
+    (tmp_path / "data.xml").write_text("<a/>")
+    (tmp_path / "train.csv").write_text("text,label\n")
+    start = time.time()
+    with pytest.raises(LoraPlusError) as err:
+        load_splits(**kwargs)
+    assert needle in str(err.value) and "\n" not in str(err.value) and time.time() - start < 10
+
+
+def test_string_labels_map_to_sorted_ids(tok):
+    """String labels become ids of their sorted names; no padding is applied."""
+    data = splits([{"t": "b one", "y": "pos"}, {"t": "a longer text here", "y": "neg"}], [{"t": "c", "y": "pos"}])
+    out, names, is_regression = prepare_classification(data, tok, text_column="t", label_column="y", max_length=16)
+    assert names == ["neg", "pos"] and not is_regression
+    assert out["train"]["labels"] == [1, 0] and out["validation"]["labels"] == [1]
+    assert len(out["train"][0]["input_ids"]) < len(out["train"][1]["input_ids"])
+
+
+def test_unseen_validation_label_is_error(tok):
+    """A validation label absent from train is a one-line LoraPlusError naming it."""
+    data = splits([{"text": "a", "label": "pos"}], [{"text": "b", "label": "maybe"}])
+    with pytest.raises(LoraPlusError, match="'maybe'"):
+        prepare_classification(data, tok, text_column="text", label_column="label", max_length=8)
+
+
+def test_missing_column_lists_columns(tok):
+    """A missing text column is a LoraPlusError listing the columns present."""
+    data = splits([{"sentence": "a", "label": 0}])
+    with pytest.raises(LoraPlusError, match="columns: sentence, label"):
+        prepare_classification(data, tok, text_column="text", label_column="label", max_length=8)
+
+
+def test_float_labels_are_regression(tok):
+    """Non-integer float labels give a regression task with float targets and no label names."""
+    data = splits([{"text": "a", "score": 0.5}, {"text": "b", "score": 3.25}])
+    out, names, is_regression = prepare_classification(data, tok, text_column="text", label_column="score",
+                                                        max_length=8)
+    assert is_regression and names is None and out["train"]["labels"] == [0.5, 3.25]
+
+
+def test_integer_labels_out_of_range_is_error(tok):
+    """Integer labels are classes 0..K-1 of train; a larger one in validation is a LoraPlusError."""
+    data = splits([{"text": "a", "label": 0}, {"text": "b", "label": 1}], [{"text": "c", "label": 2}])
+    with pytest.raises(LoraPlusError, match="outside 0..1"):
+        prepare_classification(data, tok, text_column="text", label_column="label", max_length=8)
+
+
+def test_text_pair_is_encoded_with_both_segments(tok):
+    """text_pair_column feeds the second sentence (BERT token_type_ids 1 on it)."""
+    data = splits([{"a": "first", "b": "second", "label": 0}])
+    out, _, _ = prepare_classification(data, tok, text_column="a", text_pair_column="b", label_column="label",
+                                       max_length=16)
+    assert 1 in out["train"][0]["token_type_ids"]
+
+
+def test_causal_lm_labels_equal_inputs(tok):
+    """causal_lm labels are the input ids, truncated to max_length."""
+    out = prepare_causal_lm(splits([{"text": "one two three four five six"}]), tok, text_column="text", max_length=5)
+    row = out["train"][0]
+    assert row["labels"] == row["input_ids"] and len(row["input_ids"]) == 5
+
+
+def test_sft_masks_prompt_tokens(tok):
+    """sft (no chat template): prompt tokens are labelled -100, response tokens keep their ids."""
+    data = splits([{"prompt": "what is red", "response": "a colour"}])
+    row = prepare_sft(data, tok, prompt_column="prompt", response_column="response", messages_column="messages",
+                      max_length=32)["train"][0]
+    learned = [i for i, y in zip(row["input_ids"], row["labels"]) if y != -100]
+    assert tok.decode(learned) == "a colour"
+    assert all(y in (-100, i) for i, y in zip(row["input_ids"], row["labels"]))
+
+
+def test_sft_messages_learn_assistant_turns_only(tok):
+    """sft with messages and a chat template: only assistant turns carry labels."""
+    chat = tok.__class__.from_pretrained(resolve_model("minilm"))
+    chat.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} . {% endfor %}"
+                          "{% if add_generation_prompt %}assistant : {% endif %}")
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"},
+            {"role": "user", "content": "bye"}, {"role": "assistant", "content": "see you"}]
+    row = prepare_sft(splits([{"messages": msgs}]), chat, prompt_column="prompt", response_column="response",
+                      messages_column="messages", max_length=64)["train"][0]
+    assert chat.decode([y for y in row["labels"] if y != -100]) == "hello there. see you."
+
+
+def test_label_words_loss_on_word_only(tok):
+    """label_words: labels cover exactly the label word's tokens after prompt_length; class ids kept."""
+    data = splits([{"text": "great film", "label": "positive"}, {"text": "dull", "label": "negative"}])
+    out, names, words = prepare_label_words(data, tok, text_column="text", text_pair_column=None,
+                                            label_column="label", label_words=["bad", "very good"],
+                                            prompt_template=None, max_length=32)
+    row = out["train"][0]
+    assert names == ["negative", "positive"] and row["label"] == 1
+    assert row["labels"][:row["prompt_length"]] == [-100] * row["prompt_length"]
+    assert row["labels"][row["prompt_length"]:] == label_word_ids(tok, words)[1]
+
+
+class FavourToken(torch.nn.Module):
+    """A 'language model' whose next-token distribution always favours one token id."""
+
+    def __init__(self, vocab, token):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(vocab))
+        with torch.no_grad():
+            self.bias[token] = 5.0
+
+    def forward(self, input_ids, attention_mask=None):
+        return SimpleNamespace(logits=self.bias.expand(*input_ids.shape, -1))
+
+
+def test_scorer_picks_most_likely_word(tok):
+    """score_label_words predicts the class whose word the model makes most likely."""
+    data = splits([{"text": "x", "label": 0}, {"text": "y", "label": 1}, {"text": "z", "label": 0}])
+    out, _, words = prepare_label_words(data, tok, text_column="text", text_pair_column=None, label_column="label",
+                                        label_words=["bad", "good"], prompt_template=None, max_length=16)
+    for cls in (0, 1):
+        model = FavourToken(len(tok), label_word_ids(tok, words)[cls][0])
+        assert score_label_words(model, tok, out["train"], words, batch_size=2).tolist() == [cls] * 3
+
+
+def test_scorer_matches_manual_log_probs(tok):
+    """Batched, padded label-word log-probs equal a one-sequence-at-a-time computation on a tiny Llama."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                         pad_token_id=tok.pad_token_id))
+    data = splits([{"text": "short", "label": 0}, {"text": "a much longer review text", "label": 1}])
+    out, _, words = prepare_label_words(data, tok, text_column="text", text_pair_column=None, label_column="label",
+                                        label_words=["no", "not at all"], prompt_template=None, max_length=32)
+    scores = label_word_logprobs(model, tok, out["train"], words, batch_size=2)
+    for n, row in enumerate(out["train"]):
+        prompt = row["input_ids"][:row["prompt_length"]]
+        for k, w in enumerate(label_word_ids(tok, words)):
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([prompt + w])).logits[0], -1)
+            manual = sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(w))
+            assert scores[n, k] == pytest.approx(manual, abs=1e-4)
+
+
+def test_lm_collator_pads_labels_and_drops_extras(tok):
+    """The causal-LM collator pads labels with -100 and drops label/prompt_length fields."""
+    features = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7], "label": 1,
+                 "prompt_length": 1}, {"input_ids": [5], "attention_mask": [1], "labels": [5], "label": 0,
+                                       "prompt_length": 0}]
+    batch = collator_for("label_words", tok)(features)
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert batch["labels"][1].tolist() == [5, -100, -100] and batch["attention_mask"][1].tolist() == [1, 0, 0]
+
+
+def test_classification_metrics_known_values():
+    """Accuracy, binary F1 and MCC match hand-computed values on a 4-example case."""
+    m = classification_metrics([1, 0, 1, 1], [1, 0, 0, 1], num_labels=2)
+    assert m["accuracy"] == 0.75 and m["f1"] == pytest.approx(0.8) and m["mcc"] == pytest.approx(1 / np.sqrt(3))
+
+
+def test_compute_metrics_for_regression():
+    """compute_metrics_for regression correlates squeezed predictions with labels."""
+    fn = compute_metrics_for("classification", is_regression=True, num_labels=1)
+    out = fn(SimpleNamespace(predictions=np.array([[0.1], [0.5], [0.9]]), label_ids=np.array([1.0, 2.0, 3.0])))
+    assert out["pearson"] == pytest.approx(1.0) and out == {**regression_metrics([0.1, 0.5, 0.9], [1, 2, 3])}
+
+
+def test_unlabeled_test_split_is_dropped(tok):
+    """A test split whose labels are all -1 (GLUE on the hub) is dropped, not an error."""
+    data = splits([{"text": "a", "label": 0}, {"text": "b", "label": 1}])
+    data["test"] = Dataset.from_list([{"text": "c", "label": -1}])
+    out, names, _ = prepare_classification(data, tok, text_column="text", label_column="label", max_length=8)
+    assert set(out) == {"train"} and names == ["0", "1"]
