@@ -221,8 +221,14 @@ def _drop_unlabeled_test(splits: DatasetDict, label_column: str) -> DatasetDict:
     return splits
 
 
-def _label_encoding(splits: DatasetDict, label_column: str):
-    """(to_id, label_names, is_regression): how raw labels map to class ids (or floats)."""
+def _label_encoding(splits: DatasetDict, label_column: str, label_names: list[str] | None = None):
+    """(to_id, label_names, is_regression): how raw labels map to class ids (or floats).
+
+    `label_names` (a trained run's classes) fixes the mapping instead of deriving it from train, so
+    an adapter is scored with the ids it was trained with.
+    """
+    if label_names is not None:
+        return _fixed_label_encoding(splits, label_column, list(label_names))
     feature = splits["train"].features[label_column]
     values = {split: list(ds[label_column]) for split, ds in splits.items()}
     for split, vals in values.items():
@@ -261,6 +267,24 @@ def _label_encoding(splits: DatasetDict, label_column: str):
     return to_id, names, False
 
 
+def _fixed_label_encoding(splits: DatasetDict, label_column: str, names: list[str]):
+    """Map labels given as names, or as ids 0..K-1, onto a known list of class names."""
+    index = {n: i for i, n in enumerate(names)}
+
+    def to_id(v):
+        if isinstance(v, str) and v in index:
+            return index[v]
+        if not isinstance(v, str) and float(v).is_integer() and 0 <= int(v) < len(names):
+            return int(v)
+        raise LoraPlusError(f"label {v!r} is not one of the run's classes ({', '.join(names)}); "
+                            "evaluate on data labelled like the training data")
+
+    for ds in splits.values():
+        for v in ds[label_column]:
+            to_id(v)
+    return to_id, names, False
+
+
 def _check_length(max_length: int) -> None:
     if not isinstance(max_length, int) or max_length < 2:
         raise LoraPlusError(f"max_length={max_length} must be an integer of at least 2; pass --max_length 128")
@@ -268,7 +292,8 @@ def _check_length(max_length: int) -> None:
 
 def prepare_classification(splits: DatasetDict, tokenizer, *, text_column: str = "text",
                            text_pair_column: str | None = None, label_column: str = "label",
-                           max_length: int = 128) -> tuple[DatasetDict, list[str] | None, bool]:
+                           max_length: int = 128, label_names: list[str] | None = None,
+                           ) -> tuple[DatasetDict, list[str] | None, bool]:
     """Tokenised splits (input_ids, attention_mask, labels), the class names and is_regression.
 
     String labels become ids of their sorted names; ClassLabel names are kept; integer labels are
@@ -278,7 +303,7 @@ def prepare_classification(splits: DatasetDict, tokenizer, *, text_column: str =
     _require_columns(splits, [text_column, text_pair_column, label_column])
     splits = _drop_unlabeled_test(splits, label_column)
     _require_text(splits, [text_column, text_pair_column])
-    to_id, names, is_regression = _label_encoding(splits, label_column)
+    to_id, names, is_regression = _label_encoding(splits, label_column, label_names)
 
     def encode(batch):
         pair = batch[text_pair_column] if text_pair_column else None
@@ -421,7 +446,8 @@ DEFAULT_PAIR_TEMPLATE = "Sentence 1: {text}\nSentence 2: {text_pair}\nAnswer:"
 def prepare_label_words(splits: DatasetDict, tokenizer, *, text_column: str = "text",
                         text_pair_column: str | None = None, label_column: str = "label",
                         label_words: list[str] | None = None, prompt_template: str | None = None,
-                        max_length: int = 256) -> tuple[DatasetDict, list[str], list[str]]:
+                        max_length: int = 256, label_names: list[str] | None = None,
+                        ) -> tuple[DatasetDict, list[str], list[str]]:
     """Prompt + label word per example, loss on the label word's tokens only; returns (splits, label
     names, label words).
 
@@ -433,7 +459,7 @@ def prepare_label_words(splits: DatasetDict, tokenizer, *, text_column: str = "t
     _require_columns(splits, [text_column, text_pair_column, label_column])
     splits = _drop_unlabeled_test(splits, label_column)
     _require_text(splits, [text_column, text_pair_column])
-    to_id, names, is_regression = _label_encoding(splits, label_column)
+    to_id, names, is_regression = _label_encoding(splits, label_column, label_names)
     if is_regression:
         raise LoraPlusError("label_words needs class labels, not real numbers; use --task classification")
     words = list(label_words) if label_words else list(names)

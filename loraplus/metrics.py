@@ -106,7 +106,7 @@ def label_word_logprobs(model, tokenizer, dataset, label_words: list[str], batch
             with torch.no_grad():
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             logp = torch.log_softmax(logits.float(), dim=-1).cpu()
-            for i, s in enumerate(seqs):
+            for i in range(len(seqs)):
                 p_len, w = len(chunk[i // len(words)]), words[i % len(words)]
                 # logits at position t predict token t+1.
                 positions = torch.arange(p_len - 1, p_len - 1 + len(w))

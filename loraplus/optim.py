@@ -183,7 +183,8 @@ def guard_resume(optimizer: torch.optim.Optimizer) -> None:
             )
         saved_ratio, ratio = _b_over_a(saved), _b_over_a(opt.param_groups)
         if saved_ratio and ratio and abs(saved_ratio / ratio - 1) > 1e-6:
-            logger.warning("resuming with the checkpoint's lr_B/lr_A = %.4g, not the configured %.4g", saved_ratio, ratio)
+            logger.warning("resuming with the checkpoint's lr_B/lr_A = %.4g, not the configured %.4g",
+                           saved_ratio, ratio)
         return state_dict
 
     optimizer.register_load_state_dict_pre_hook(check)

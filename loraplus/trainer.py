@@ -12,9 +12,10 @@ which gives the defaults below).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .errors import LoraPlusError
 from .groups import param_groups
@@ -98,3 +99,29 @@ class LoraPlusMixin:
 
 class LoraPlusTrainer(LoraPlusMixin, Trainer):
     """`transformers.Trainer` with LoRA+ optimizer groups; use with `LoraPlusTrainingArguments`."""
+
+
+class JsonlMetricsCallback(TrainerCallback):
+    """Append every Trainer log (loss, eval metrics) to a JSON Lines file, with the A and B group lrs.
+
+    The Trainer's own "learning_rate" is the first group's; LoRA+ has two that matter, so both are
+    read from the optimizer's named groups at the moment of logging. Rank 0 writes alone.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self._lrs: dict[str, float] = {}
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is not None:
+            self._lrs = {g.get("name"): g["lr"] for g in optimizer.param_groups}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, **logs}
+        if "loss" in logs and "lora_A" in self._lrs:
+            record["lr_A"] = self._lrs["lora_A"]
+            record["lr_B"] = self._lrs.get("lora_B")
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")

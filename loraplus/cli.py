@@ -1,0 +1,113 @@
+"""`loraplus` command line: parse, call, print. Errors a user can cause exit 2 with one line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+from .errors import LoraPlusError
+
+USAGE = """usage: loraplus <command> [args]
+
+commands:
+  train [CONFIG.yaml] [--key value ...]   finetune with LoRA+ (train --help lists every key)
+  eval RUN_DIR [--key value ...]          score a trained adapter (default: the run's test split)
+  merge RUN_DIR OUT_DIR                   write base + adapter merged into one model folder
+  demo [--output_dir D] [--max_steps N]   offline: LoRA vs LoRA+ on MiniLM + Rotten Tomatoes
+"""
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    logging.getLogger("loraplus").setLevel(logging.INFO)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import datasets
+        import transformers
+
+        # Errors stay one line: no weight-loading bars or load reports on stderr (a new head is expected).
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _train(argv: list[str]) -> int:
+    from .config import parse_train_args, train_help
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(train_help())
+        return 0
+    cfg = parse_train_args(argv)
+    from .pipeline import train
+
+    summary = train(cfg)
+    _print_summary(cfg.output_dir, summary)
+    return 0
+
+
+def _print_summary(output_dir: str, summary: dict) -> None:
+    metric = summary["metric"]
+    shown = {k: summary.get(split, {}).get(f"{prefix}_{metric}") for k, split, prefix in
+             (("validation", "validation", "eval"), ("test", "test", "test"))}
+    parts = [f"{k} {metric} {v:.4f}" for k, v in shown.items() if isinstance(v, float)]
+    print(f"done: {summary['global_step']} steps in {summary['train_seconds']:.0f} s; " + ", ".join(parts))
+    print(f"adapter, metrics.jsonl, summary.json and learning_curves.png in {output_dir}")
+
+
+def _eval(argv: list[str]) -> int:
+    if not argv or argv[0].startswith("-"):
+        raise LoraPlusError("usage: loraplus eval RUN_DIR [--test_file F | --dataset_name D] [--key value ...]")
+    from .runs import evaluate_run
+
+    metrics = evaluate_run(argv[0], argv[1:])
+    for key, value in metrics.items():
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    return 0
+
+
+def _merge(argv: list[str]) -> int:
+    if len(argv) != 2:
+        raise LoraPlusError("usage: loraplus merge RUN_DIR OUT_DIR")
+    from .runs import merge_run
+
+    print(f"merged model written to {merge_run(argv[0], argv[1])}")
+    return 0
+
+
+def _demo(argv: list[str]) -> int:
+    from .demo import parse_demo_args, run_demo
+
+    return run_demo(**parse_demo_args(argv))
+
+
+COMMANDS = {"train": _train, "eval": _eval, "merge": _merge, "demo": _demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `loraplus` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        print(f"error: unknown command '{argv[0]}'; use one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    _setup_logging()
+    try:
+        return command(argv[1:])
+    except LoraPlusError as e:
+        print(f"error: {' '.join(str(e).splitlines())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""One finetuning run: config -> model + data -> LoRA+ Trainer -> adapter, metrics, summary, curves.
+
+Everything a user can get wrong (config, output_dir, model path, data, columns, labels, target
+modules) is checked before the output directory is touched, so a bad run writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import TrainConfig, training_arguments_kwargs
+from .errors import LoraPlusError
+
+logger = logging.getLogger("loraplus")
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "learning_curves.png", "labels.json",
+             "adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass
+class PreparedData:
+    """Tokenised splits and what the task learned about its labels."""
+
+    splits: object  # datasets.DatasetDict
+    label_names: list[str] | None = None
+    is_regression: bool = False
+    label_words: list[str] | None = None
+
+
+def check_output_dir(cfg: TrainConfig) -> str | None:
+    """Refuse an output_dir holding another run; return the checkpoint to resume from, if any."""
+    out = Path(cfg.output_dir)
+    resume = cfg.resume_from_checkpoint
+    if resume:
+        if resume == "latest":
+            from transformers.trainer_utils import get_last_checkpoint
+
+            found = get_last_checkpoint(str(out)) if out.is_dir() else None
+            if found is None:
+                raise LoraPlusError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {out}; "
+                                    "train without it to start a fresh run")
+            return found
+        if not Path(resume).is_dir():
+            raise LoraPlusError(f"checkpoint folder {resume} does not exist; give a checkpoint-N folder or 'latest'")
+        return resume
+    if out.exists() and not out.is_dir():
+        raise LoraPlusError(f"output_dir {out} is a file; choose a folder path")
+    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite_output_dir:
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+        raise LoraPlusError(f"output_dir {out} already holds files ({held}); pass --overwrite_output_dir to "
+                            "replace that run, --resume_from_checkpoint latest to continue it, or another --output_dir")
+    return None
+
+
+def _clear_run(out: Path) -> None:
+    """Remove what an earlier run of ours left (never anything else in the folder)."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for old in out.glob("checkpoint-*"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_data(cfg: TrainConfig, tokenizer, label_names: list[str] | None = None) -> PreparedData:
+    """Load the splits named by `cfg` and tokenise them for its task."""
+    from . import data
+
+    splits = data.load_splits(
+        dataset_name=None if cfg.train_file else cfg.dataset_name, dataset_config_name=cfg.dataset_config_name,
+        train_file=cfg.train_file, validation_file=cfg.validation_file, test_file=cfg.test_file,
+        validation_split_ratio=cfg.validation_split_ratio, seed=cfg.seed,
+        max_train_samples=cfg.max_train_samples, max_eval_samples=cfg.max_eval_samples,
+    )
+    common = dict(text_column=cfg.text_column, max_length=cfg.max_length)
+    if cfg.task == "classification":
+        tok, names, regression = data.prepare_classification(
+            splits, tokenizer, text_pair_column=cfg.text_pair_column, label_column=cfg.label_column,
+            label_names=label_names, **common)
+        return PreparedData(tok, names, regression)
+    if cfg.task == "label_words":
+        tok, names, words = data.prepare_label_words(
+            splits, tokenizer, text_pair_column=cfg.text_pair_column, label_column=cfg.label_column,
+            label_words=cfg.label_words, prompt_template=cfg.prompt_template, label_names=label_names, **common)
+        return PreparedData(tok, names, False, words)
+    if cfg.task == "sft":
+        return PreparedData(data.prepare_sft(splits, tokenizer, prompt_column=cfg.prompt_column,
+                                             response_column=cfg.response_column,
+                                             messages_column=cfg.messages_column, max_length=cfg.max_length))
+    return PreparedData(data.prepare_causal_lm(splits, tokenizer, **common))
+
+
+def build_model(cfg: TrainConfig, model_path: str, prepared: PreparedData, tokenizer):
+    """The base model for the task with LoRA attached (PEFT)."""
+    from .models import attach_lora, load_model
+
+    id2label = dict(enumerate(prepared.label_names)) if prepared.label_names else None
+    model = load_model(model_path, task=cfg.task, num_labels=len(id2label) if id2label else None,
+                       id2label=id2label, problem_type="regression" if prepared.is_regression else None,
+                       pad_token_id=tokenizer.pad_token_id)
+    return attach_lora(model, task=cfg.task, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                       target_modules=cfg.lora_target_modules, use_dora=cfg.use_dora,
+                       use_rslora=cfg.use_rslora, modules_to_save=cfg.modules_to_save)
+
+
+def best_metric(cfg: TrainConfig, prepared: PreparedData) -> tuple[str, bool]:
+    """The eval metric that picks the best checkpoint, and whether larger is better."""
+    if cfg.task == "classification":
+        return ("pearson" if prepared.is_regression else "accuracy"), True
+    return "loss", False
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _sorted_by_length(dataset):
+    """The split ordered by length: eval batches then pad to near their own length (metrics ignore order)."""
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    return dataset.select(sorted(range(len(lengths)), key=lengths.__getitem__))
+
+
+def _peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def score(cfg: TrainConfig, model, tokenizer, dataset, prepared: PreparedData, trainer=None, prefix="test") -> dict:
+    """Metrics of `model` on a prepared split: Trainer evaluation, plus label-word accuracy."""
+    from .metrics import classification_metrics, score_label_words
+
+    metrics = trainer.evaluate(dataset, metric_key_prefix=prefix) if trainer is not None else {}
+    if cfg.task == "label_words":
+        predictions = score_label_words(model, tokenizer, dataset, prepared.label_words,
+                                        batch_size=cfg.per_device_eval_batch_size)
+        labels = [int(y) for y in dataset["label"]]  # a datasets Column, not an array
+        scored = classification_metrics(predictions, labels, len(prepared.label_names))
+        metrics.update({f"{prefix}_{k}": v for k, v in scored.items()})
+    return metrics
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run one LoRA+ finetune as configured; write the run folder; return its summary."""
+    from transformers import set_seed
+
+    from .models import load_tokenizer, resolve_model
+    from .trainer import JsonlMetricsCallback, LoraPlusTrainer, LoraPlusTrainingArguments
+
+    cfg.validate()
+    kwargs = training_arguments_kwargs(cfg)  # checks optim / scheduler names before any loading
+    resume = check_output_dir(cfg)
+    model_path = resolve_model(cfg.model_name_or_path)
+    tokenizer = load_tokenizer(model_path)
+    prepared = prepare_data(cfg, tokenizer)
+    for split in ("validation", "test"):
+        if split in prepared.splits:
+            prepared.splits[split] = _sorted_by_length(prepared.splits[split])
+    if len(prepared.splits["train"]) == 0:
+        raise LoraPlusError("the training split is empty after preprocessing; check --train_file and --max_length")
+    set_seed(cfg.seed)  # LoRA's A init draws from the global generator
+    model = build_model(cfg, model_path, prepared, tokenizer)
+    metric, greater = best_metric(cfg, prepared)
+    kwargs.setdefault("load_best_model_at_end", True)
+    kwargs.setdefault("metric_for_best_model", metric)
+    kwargs.setdefault("greater_is_better", greater)
+    kwargs.setdefault("save_total_limit", 2)
+    kwargs.setdefault("disable_tqdm", not sys.stderr.isatty())
+    kwargs.setdefault("dataloader_pin_memory", _cuda())
+    kwargs.pop("resume_from_checkpoint", None)
+    args = LoraPlusTrainingArguments(**kwargs, loraplus_lr_ratio=cfg.loraplus_lr_ratio,
+                                     loraplus_lr_embedding=cfg.loraplus_lr_embedding,
+                                     loraplus_lr_other=cfg.loraplus_lr_other)
+
+    # All checks passed: from here on the output folder is ours to write.
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        _clear_run(out)
+    cfg.save(str(out / "config.yaml"))
+    from .data import collator_for
+    from .metrics import compute_metrics_for
+
+    trainer = LoraPlusTrainer(
+        model=model, args=args, train_dataset=prepared.splits["train"],
+        eval_dataset=prepared.splits["validation"], data_collator=collator_for(cfg.task, tokenizer),
+        compute_metrics=compute_metrics_for(cfg.task, prepared.is_regression,
+                                            len(prepared.label_names or []) or None),
+        processing_class=tokenizer, callbacks=[JsonlMetricsCallback(out / "metrics.jsonl")],
+    )
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - start
+
+    summary = {
+        "model": cfg.model_name_or_path, "task": cfg.task, "learning_rate": cfg.learning_rate,
+        "loraplus_lr_ratio": cfg.loraplus_lr_ratio, "global_step": result.global_step,
+        "train_loss": result.training_loss, "train_seconds": round(train_seconds, 2),
+        "tokens_per_second": round(_tokens_seen(prepared.splits["train"], result.global_step, args) / train_seconds, 1),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_metric": trainer.state.best_metric, "metric": metric,
+    }
+    summary["validation"] = score(cfg, trainer.model, tokenizer, prepared.splits["validation"], prepared,
+                                  trainer, "eval")
+    if "test" in prepared.splits:
+        summary["test"] = score(cfg, trainer.model, tokenizer, prepared.splits["test"], prepared, trainer, "test")
+    summary["peak_memory_mb"] = round(_peak_memory_mb(), 1)
+
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+        if prepared.label_names:
+            (out / "labels.json").write_text(json.dumps({"label_names": prepared.label_names,
+                                                         "label_words": prepared.label_words}, indent=1))
+        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
+        _plot(out, cfg, metric)
+    return summary
+
+
+def _tokens_seen(train_dataset, global_step: int, args) -> float:
+    """Real (unpadded) tokens processed: mean example length x examples seen."""
+    lengths = [len(ids) for ids in train_dataset["input_ids"]]
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+    return sum(lengths) / len(lengths) * per_step * global_step
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def _plot(out: Path, cfg: TrainConfig, metric: str) -> None:
+    from .plots import learning_curves, read_metrics
+
+    key = f"eval_{metric}"
+    learning_curves({f"ratio {cfg.loraplus_lr_ratio:g}": read_metrics(out / "metrics.jsonl")}, key,
+                    out / "learning_curves.png", title=f"{cfg.model_name_or_path}, lr_A {cfg.learning_rate:g}")

@@ -1,0 +1,45 @@
+"""Figures from metrics.jsonl: training loss and eval metric against optimizer step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_metrics(path) -> list[dict]:
+    """The records of a metrics.jsonl file (an empty list when it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(r["step"], r[key]) for r in records if key in r]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def learning_curves(runs: dict[str, list[dict]], metric: str, path, title: str = "") -> Path:
+    """Write a PNG with the training loss (left) and `metric` on the eval split (right) for each run."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: never needs a display
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, records in runs.items():
+        ax_loss.plot(*_series(records, "loss"), label=label)
+        steps, values = _series(records, metric)
+        ax_metric.plot(steps, values, marker="o", label=label)
+    ax_loss.set(xlabel="optimizer step", ylabel="training loss", title="training loss")
+    ax_metric.set(xlabel="optimizer step", ylabel=metric, title=metric)
+    for ax in (ax_loss, ax_metric):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,84 @@
+"""Use a finished run folder: reload base + adapter, score it on a split, or merge it into one model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import TrainConfig, parse_train_args
+from .errors import LoraPlusError
+
+
+def load_run_config(run_dir: str, overrides: list[str] = ()) -> tuple[TrainConfig, dict]:
+    """The run's resolved config (with `--key value` overrides) and its labels.json content."""
+    run = Path(run_dir)
+    if not (run / "adapter_config.json").is_file() or not (run / "config.yaml").is_file():
+        raise LoraPlusError(f"{run_dir} is not a finished loraplus run (no adapter_config.json / config.yaml); "
+                            "give the output_dir of a completed `loraplus train`")
+    cfg = parse_train_args([str(run / "config.yaml"), *overrides])
+    labels_file = run / "labels.json"
+    labels = json.loads(labels_file.read_text()) if labels_file.is_file() else {}
+    return cfg, labels
+
+
+def load_trained(run_dir: str, cfg: TrainConfig, labels: dict):
+    """(PeftModel with the run's adapter on its base model, tokenizer), in eval mode."""
+    from peft import PeftModel
+
+    from .models import load_model, load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(run_dir)
+    names = labels.get("label_names")
+    regression = cfg.task == "classification" and not names
+    base = load_model(resolve_model(cfg.model_name_or_path), task=cfg.task,
+                      num_labels=len(names) if names else None,
+                      id2label=dict(enumerate(names)) if names else None,
+                      problem_type="regression" if regression else None, pad_token_id=tokenizer.pad_token_id)
+    model = PeftModel.from_pretrained(base, run_dir)
+    return model.eval(), tokenizer
+
+
+def evaluate_run(run_dir: str, overrides: list[str] = ()) -> dict:
+    """Metrics of a trained adapter on the test split of its data (or of --test_file / the validation split)."""
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from .data import collator_for
+    from .metrics import compute_metrics_for
+    from .pipeline import prepare_data, score
+
+    cfg, labels = load_run_config(run_dir, overrides)
+    model, tokenizer = load_trained(run_dir, cfg, labels)
+    prepared = prepare_data(cfg, tokenizer, label_names=labels.get("label_names"))
+    if labels.get("label_words"):
+        prepared.label_words = labels["label_words"]
+    split = "test" if "test" in prepared.splits else "validation"
+    names = prepared.label_names or []
+    args = TrainingArguments(output_dir=str(Path(run_dir) / "eval"), per_device_eval_batch_size=
+                             cfg.per_device_eval_batch_size, report_to=[], use_cpu=not _cuda())
+    trainer = Trainer(model=model, args=args, data_collator=collator_for(cfg.task, tokenizer),
+                      compute_metrics=compute_metrics_for(cfg.task, prepared.is_regression, len(names) or None))
+    for noisy in (PrinterCallback, ProgressCallback):  # the CLI prints the metrics once, itself
+        trainer.remove_callback(noisy)
+    metrics = score(cfg, model, tokenizer, prepared.splits[split], prepared, trainer, prefix=split)
+    return {"split": split, "examples": len(prepared.splits[split]), **metrics}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def merge_run(run_dir: str, out_dir: str) -> Path:
+    """Write W0 + (alpha/r)·B·A merged into a plain model folder that AutoModel*.from_pretrained loads."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise LoraPlusError(f"{out_dir} already holds files; choose an empty or new folder for the merged model")
+    cfg, labels = load_run_config(run_dir)
+    model, tokenizer = load_trained(run_dir, cfg, labels)
+    merged = model.merge_and_unload()
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    return out

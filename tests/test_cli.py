@@ -1,0 +1,176 @@
+"""The `loraplus` CLI end to end, in-process, on tiny local models: outputs, reload, merge, bad input."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from loraplus.cli import main
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from loraplus.models import load_tokenizer, resolve_model
+
+    return load_tokenizer(resolve_model("minilm"))  # packaged, local, fast
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory, tokenizer):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-bert")
+    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64)
+    BertForSequenceClassification(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    cfg = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+WORDS = ["good fun great film", "bad dull awful plot", "great acting good", "awful boring bad",
+         "fun lovely great", "dull bad poor"]
+
+
+def write_csv(path, rows, fields=("text", "label")):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sentiment")
+    rows = [{"text": WORDS[i % 6], "label": "positive" if i % 2 == 0 else "negative"} for i in range(48)]
+    return {s: write_csv(d / f"{s}.csv", rows[:n]) for s, n in (("train", 48), ("dev", 16), ("test", 16))}
+
+
+def common(out, **extra):
+    args = ["--output_dir", str(out), "--max_steps", "4", "--eval_steps", "2", "--logging_steps", "1",
+            "--per_device_train_batch_size", "8", "--report_to", "none", "--learning_rate", "1e-3"]
+    for k, v in extra.items():
+        args += [f"--{k}", str(v)]
+    return args
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory, bert_dir, sentiment):
+    out = tmp_path_factory.mktemp("run") / "cls"
+    rc = main(["train", "--model_name_or_path", bert_dir, "--train_file", sentiment["train"],
+               "--validation_file", sentiment["dev"], "--test_file", sentiment["test"],
+               *common(out, loraplus_lr_ratio=8)])
+    assert rc == 0
+    return out
+
+
+def test_train_writes_run_folder(classifier_run):
+    """train writes adapter, config, metrics, summary, labels and curves."""
+    names = {p.name for p in classifier_run.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "config.yaml", "metrics.jsonl", "summary.json",
+            "labels.json", "learning_curves.png"} <= names
+    assert json.loads((classifier_run / "labels.json").read_text())["label_names"] == ["negative", "positive"]
+
+
+def test_metrics_log_a_and_b_lrs_at_ratio(classifier_run):
+    """metrics.jsonl records lr_A and lr_B at every logged step, with lr_B = 8 lr_A."""
+    rows = [json.loads(line) for line in (classifier_run / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "lr_A" in r]
+    assert len(logged) == 4 and all(r["lr_B"] == pytest.approx(8 * r["lr_A"]) for r in logged)
+    assert any("eval_accuracy" in r for r in rows)
+
+
+def test_summary_fields(classifier_run):
+    """summary.json has steps, wall-clock, tokens/s, peak memory and test metrics."""
+    s = json.loads((classifier_run / "summary.json").read_text())
+    assert s["global_step"] == 4 and s["train_seconds"] > 0 and s["tokens_per_second"] > 0
+    assert s["peak_memory_mb"] > 0 and 0 <= s["test"]["test_accuracy"] <= 1
+
+
+def test_eval_reproduces_reported_accuracy(classifier_run, capsys):
+    """`loraplus eval` on the run reloads the adapter and reproduces the summary's test accuracy."""
+    reported = json.loads((classifier_run / "summary.json").read_text())["test"]["test_accuracy"]
+    capsys.readouterr()
+    assert main(["eval", str(classifier_run)]) == 0
+    printed = dict(line.split(": ") for line in capsys.readouterr().out.splitlines())
+    assert float(printed["test_accuracy"]) == pytest.approx(reported)
+
+
+def test_adapter_loads_with_peft(classifier_run, bert_dir):
+    """The adapter folder loads with PeftModel.from_pretrained on the base model."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(bert_dir, num_labels=2)
+    model = PeftModel.from_pretrained(base, str(classifier_run))
+    assert any("lora_B" in n for n, _ in model.named_parameters())
+
+
+def test_merge_predicts_like_adapter(classifier_run, tmp_path, tokenizer):
+    """merge writes a plain model whose logits equal base + adapter's."""
+    from transformers import AutoModelForSequenceClassification
+
+    from loraplus.runs import load_run_config, load_trained
+
+    assert main(["merge", str(classifier_run), str(tmp_path / "merged")]) == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    adapted, _ = load_trained(str(classifier_run), *load_run_config(str(classifier_run)))
+    batch = tokenizer(WORDS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(merged(**batch).logits, adapted(**batch).logits, atol=1e-5)
+    assert merged.config.id2label == {0: "negative", 1: "positive"}
+
+
+@pytest.mark.parametrize("task,extra", [
+    ("causal_lm", {}),
+    ("sft", {}),
+    ("label_words", {"label_words": "bad,good"}),
+])
+def test_causal_tasks_end_to_end(tmp_path, llama_dir, task, extra):
+    """causal_lm, sft and label_words train a tiny Llama and write an adapter and summary."""
+    if task == "sft":
+        rows = [{"prompt": f"review {i}: {WORDS[i % 6]}", "response": "positive" if i % 2 else "negative"}
+                for i in range(24)]
+        train = write_csv(tmp_path / "train.csv", rows, ("prompt", "response"))
+    else:
+        rows = [{"text": WORDS[i % 6], "label": "good" if i % 2 == 0 else "bad"} for i in range(24)]
+        train = write_csv(tmp_path / "train.csv", rows)
+    out = tmp_path / "out"
+    assert main(["train", "--model_name_or_path", llama_dir, "--task", task, "--train_file", train,
+                 "--validation_split_ratio", "0.25", *common(out, **extra)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_step"] == 4 and (out / "adapter_model.safetensors").exists()
+    if task == "label_words":
+        assert 0 <= summary["validation"]["eval_accuracy"] <= 1
+
+
+def test_train_help_lists_keys(capsys):
+    """`train --help` lists every key with its default."""
+    assert main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--loraplus_lr_ratio" in text and "--lora_target_modules" in text and "default" in text
+
+
+def test_demo_code_path_tiny_budget(tmp_path, capsys):
+    """The demo's code path on a tiny budget: both arms train, the table and the PNG appear."""
+    assert main(["demo", "--output_dir", str(tmp_path), "--max_steps", "2", "--max_train_samples", "64",
+                 "--max_eval_samples", "32", "--eval_steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "LoRA+" in out and "test acc" in out
+    assert (tmp_path / "lora_vs_loraplus.png").stat().st_size > 0
