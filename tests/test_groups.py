@@ -213,3 +213,30 @@ def test_ddp_wrapped_model_grouped(names_by_group):
     finally:
         dist.destroy_process_group()
     assert sets["lora_B"] == {"module." + n for n in bert_names("query", "lora_B")}
+
+
+def _fsdp(model, use_orig_params):
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    # Wrapping each Linear (frozen base or trainable LoRA factor) keeps requires_grad uniform per unit,
+    # which FSDP needs when it flattens.
+    return FullyShardedDataParallel(model, use_orig_params=use_orig_params, device_id=torch.device("cpu"),
+                                    auto_wrap_policy=ModuleWrapPolicy({torch.nn.Linear}))
+
+
+def test_fsdp_use_orig_params(names_by_group):
+    """Under FSDP with use_orig_params=True (gloo, CPU) the roles survive; flattened FSDP is refused."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:29534", rank=0, world_size=1)
+    try:
+        wrapped = _fsdp(peft(tiny_bert(), target_modules=["query"]), use_orig_params=True)
+        sets = names_by_group(wrapped, param_groups(wrapped, lr=LR))
+        flat = _fsdp(peft(tiny_bert(), target_modules=["query"]), use_orig_params=False)
+        with pytest.raises(LoraPlusError, match="use_orig_params=True"):
+            param_groups(flat, lr=LR)
+    finally:
+        dist.destroy_process_group()
+    assert {n.replace("_fsdp_wrapped_module.", "") for n in sets["lora_B"]} == bert_names("query", "lora_B")
+    assert len(sets["lora_A"]) == 2
