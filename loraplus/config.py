@@ -64,6 +64,7 @@ class TrainConfig:
     max_train_samples: int | None = _f(None, "use at most this many training examples", _D)
     max_eval_samples: int | None = _f(None, "use at most this many evaluation examples", _D)
     validation_split_ratio: float = _f(0.1, "fraction of train carved out when no validation split exists", _D)
+    allow_pickle: bool = _f(False, "load pickle (.bin/.pt) weights, which can run code; safetensors only otherwise", _D)
 
     lora_r: int = _f(8, "LoRA rank r", _L)
     lora_alpha: float = _f(16, "LoRA alpha; the update B A is scaled by alpha / r", _L)

@@ -103,7 +103,7 @@ def build_model(cfg: TrainConfig, model_path: str, prepared: PreparedData, token
     id2label = dict(enumerate(prepared.label_names)) if prepared.label_names else None
     model = load_model(model_path, task=cfg.task, num_labels=len(id2label) if id2label else None,
                        id2label=id2label, problem_type="regression" if prepared.is_regression else None,
-                       pad_token_id=tokenizer.pad_token_id)
+                       pad_token_id=tokenizer.pad_token_id, allow_pickle=cfg.allow_pickle)
     return attach_lora(model, task=cfg.task, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                        target_modules=cfg.lora_target_modules, use_dora=cfg.use_dora,
                        use_rslora=cfg.use_rslora, modules_to_save=cfg.modules_to_save)
@@ -155,7 +155,7 @@ def train(cfg: TrainConfig) -> dict:
     from transformers import set_seed
 
     from .models import load_tokenizer, resolve_model
-    from .trainer import JsonlMetricsCallback, LoraPlusTrainer, LoraPlusTrainingArguments
+    from .trainer import JsonlMetricsCallback, LoraPlusTrainer, LoraPlusTrainingArguments, NonFiniteGuardCallback
 
     cfg.validate()
     kwargs = training_arguments_kwargs(cfg)  # checks optim / scheduler names before any loading
@@ -196,7 +196,8 @@ def train(cfg: TrainConfig) -> dict:
         eval_dataset=prepared.splits["validation"], data_collator=collator_for(cfg.task, tokenizer),
         compute_metrics=compute_metrics_for(cfg.task, prepared.is_regression,
                                             len(prepared.label_names or []) or None),
-        processing_class=tokenizer, callbacks=[JsonlMetricsCallback(out / "metrics.jsonl")],
+        processing_class=tokenizer,
+        callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), NonFiniteGuardCallback()],
     )
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)

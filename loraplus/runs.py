@@ -33,7 +33,8 @@ def load_trained(run_dir: str, cfg: TrainConfig, labels: dict):
     base = load_model(resolve_model(cfg.model_name_or_path), task=cfg.task,
                       num_labels=len(names) if names else None,
                       id2label=dict(enumerate(names)) if names else None,
-                      problem_type="regression" if regression else None, pad_token_id=tokenizer.pad_token_id)
+                      problem_type="regression" if regression else None, pad_token_id=tokenizer.pad_token_id,
+                      allow_pickle=cfg.allow_pickle)
     model = PeftModel.from_pretrained(base, run_dir)
     return model.eval(), tokenizer
 

@@ -93,3 +93,22 @@ def test_optim_with_own_groups_refused(tmp_path):
     trainer.optimizer_cls_and_kwargs = (torch.optim.AdamW, {"params": [torch.nn.Parameter(torch.zeros(1))]})
     with pytest.raises(LoraPlusError, match="builds its own parameter groups"):
         trainer.create_optimizer()
+
+
+def test_nan_loss_stops_before_the_step(tmp_path):
+    """An injected NaN stops training at that step, naming it, with earlier checkpoints intact."""
+    from loraplus.trainer import NonFiniteGradientError, NonFiniteGuardCallback
+
+    model = peft(tiny_llama(), target_modules=["q_proj", "v_proj"])
+    calls = {"n": 0}
+
+    def poison(module, inputs, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == 3 else output
+
+    model.base_model.model.lm_head.register_forward_hook(poison)
+    trainer = make_trainer(tmp_path, [NonFiniteGuardCallback()], model=model, save_strategy="steps", save_steps=2)
+    with pytest.raises(NonFiniteGradientError, match="non-finite gradient at step 3"):
+        trainer.train()
+    assert (tmp_path / "checkpoint-2").is_dir()
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -1,0 +1,164 @@
+"""Wall-clock of one LoRA epoch: `loraplus train` against plain PEFT + Trainer baselines, side by side.
+
+    python benchmarks/train_speed.py --data ../shared/data/glue/mnli [--max_steps N] [--out results/speed.json]
+
+Runs, in one process and one after another on the same machine: the float32 matmul rate
+(2048^3, median of 5), a plain PEFT + Trainer baseline written as HF's run_glue does (pad every
+example to 128 tokens), the same baseline with dynamic padding, and `loraplus train` (dynamic padding
+and length-grouped batches). Same model (minilm), LoRA r=8 alpha=8 on query+value, batch 32, one
+epoch, seed, learning rate and schedule; ratio 1 so all arms run the same algorithm and only speed
+differs. Training time excludes evaluation; dev accuracy is measured after training for each arm.
+Achieved FLOP/s counts ~4 x non-embedding parameters x real (unpadded) tokens per LoRA step: forward
+2N, backward to activations 2N; frozen weights need no weight gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+LR, BATCH, SEED, MAX_LENGTH = 3e-3, 32, 42, 128
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Median float32 matmul rate of this machine, GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def load_mnli(data: Path):
+    from datasets import load_dataset
+
+    files = {"train": str(data / "train.jsonl"), "dev": str(data / "dev.jsonl")}
+    return load_dataset("json", data_files=files)
+
+
+def baseline(data: Path, out: Path, *, pad_to_max: bool, max_steps: int) -> dict:
+    """Plain PEFT + Trainer, written the way users write it today (HF run_glue style)."""
+    import numpy as np
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              Trainer, TrainingArguments, default_data_collator, set_seed)
+
+    from loraplus.models import resolve_model
+
+    set_seed(SEED)
+    path = resolve_model("minilm")
+    raw = load_mnli(data)
+    names = sorted(set(raw["train"]["label"]))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+
+    def encode(batch):
+        enc = tokenizer(batch["text"], batch["text_pair"], truncation=True, max_length=MAX_LENGTH,
+                        padding="max_length" if pad_to_max else False)
+        enc["labels"] = [names.index(y) for y in batch["label"]]
+        return enc
+
+    ds = raw.map(encode, batched=True, remove_columns=raw["train"].column_names)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(names))
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=8, lora_dropout=0.0,
+                                             target_modules=["query", "value"]))
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=BATCH, per_device_eval_batch_size=64,
+                             learning_rate=LR, num_train_epochs=1, max_steps=max_steps, warmup_steps=0.06,
+                             lr_scheduler_type="linear", eval_strategy="no", save_strategy="no", report_to=[],
+                             logging_steps=50, seed=SEED, disable_tqdm=True, dataloader_pin_memory=False)
+    collator = default_data_collator if pad_to_max else DataCollatorWithPadding(tokenizer)
+
+    def accuracy(p):
+        return {"accuracy": float((np.argmax(p.predictions, -1) == p.label_ids).mean())}
+
+    trainer = Trainer(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds["dev"],
+                      data_collator=collator, compute_metrics=accuracy)
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    dev = trainer.evaluate()
+    real = sum(sum(m) for m in ds["train"]["attention_mask"])
+    computed = real if not pad_to_max else len(ds["train"]) * MAX_LENGTH
+    return {"train_seconds": seconds, "steps": result.global_step, "dev_accuracy": dev["eval_accuracy"],
+            "examples_per_epoch": len(ds["train"]), "real_tokens": real, "computed_tokens_est": computed}
+
+
+def loraplus_run(data: Path, out: Path, *, max_steps: int) -> dict:
+    """`loraplus train` with the same settings (ratio 1: plain LoRA, same algorithm as the baselines)."""
+    from loraplus.config import parse_train_args
+    from loraplus.pipeline import train
+
+    argv = ["--model_name_or_path", "minilm", "--train_file", str(data / "train.jsonl"),
+            "--validation_file", str(data / "dev.jsonl"), "--text_pair_column", "text_pair",
+            "--output_dir", str(out), "--overwrite_output_dir", "--learning_rate", str(LR),
+            "--loraplus_lr_ratio", "1", "--lora_r", "8", "--lora_alpha", "8", "--lora_dropout", "0",
+            "--lora_target_modules", "query,value", "--per_device_train_batch_size", str(BATCH),
+            "--num_train_epochs", "1", "--max_steps", str(max_steps), "--warmup_ratio", "0.06",
+            "--seed", str(SEED), "--report_to", "none", "--logging_steps", "50",
+            # time training alone, like the baselines: evaluate once after training
+            "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
+    summary = train(parse_train_args(argv))
+    return {"train_seconds": summary["train_seconds"], "steps": summary["global_step"],
+            "dev_accuracy": summary["validation"]["eval_accuracy"], "tokens_per_second": summary["tokens_per_second"]}
+
+
+def non_embedding_params() -> int:
+    from transformers import AutoModel
+
+    from loraplus.models import resolve_model
+
+    model = AutoModel.from_pretrained(resolve_model("minilm"))
+    embed = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    return sum(p.numel() for p in model.parameters()) - embed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder with train.jsonl and dev.jsonl (MNLI)")
+    parser.add_argument("--max_steps", type=int, default=-1, help="cut the epoch short (smoke runs)")
+    parser.add_argument("--work", type=Path, default=Path("bench-runs"))
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--arms", default="padded,dynamic,loraplus")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    results = {"matmul_gflops_fp32": matmul_gflops(), "threads": torch.get_num_threads()}
+    arms = args.arms.split(",")
+    for arm in arms:
+        print(f"running {arm} ...", file=sys.stderr, flush=True)
+        if arm == "loraplus":
+            results[arm] = loraplus_run(args.data, args.work / arm, max_steps=args.max_steps)
+        else:
+            results[arm] = baseline(args.data, args.work / arm, pad_to_max=arm == "padded", max_steps=args.max_steps)
+    n = non_embedding_params()
+    results["non_embedding_params"] = n
+    real = next((results[a]["real_tokens"] for a in arms if "real_tokens" in results[a]), None)
+    if real is None:
+        real = results["loraplus"]["tokens_per_second"] * results["loraplus"]["train_seconds"]
+    if args.max_steps > 0:  # a cut epoch sees a fraction of the tokens
+        real *= args.max_steps * BATCH / next(r["examples_per_epoch"] for a, r in results.items()
+                                               if isinstance(r, dict) and "examples_per_epoch" in r)
+    for arm in arms:
+        r = results[arm]
+        r["gflops_on_real_tokens"] = 4 * n * real / r["train_seconds"] / 1e9
+        r["fraction_of_matmul_rate"] = r["gflops_on_real_tokens"] / results["matmul_gflops_fp32"]
+    base = results["loraplus"]["train_seconds"] if "loraplus" in results else None
+    if base:
+        for arm in arms:
+            results[arm]["speedup_of_loraplus"] = results[arm]["train_seconds"] / base
+    print(json.dumps(results, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
