@@ -16,6 +16,7 @@ commands:
   eval RUN_DIR [--key value ...]          score a trained adapter (default: the run's test split)
   merge RUN_DIR OUT_DIR                   write base + adapter merged into one model folder
   demo [--output_dir D] [--max_steps N]   offline: LoRA vs LoRA+ on MiniLM + Rotten Tomatoes
+  toy [--widths 128,512 --steps N ...]    the paper's toy model: loss over (lr_A, lr_B) per width
 """
 
 
@@ -85,7 +86,13 @@ def _demo(argv: list[str]) -> int:
     return run_demo(**parse_demo_args(argv))
 
 
-COMMANDS = {"train": _train, "eval": _eval, "merge": _merge, "demo": _demo}
+def _toy(argv: list[str]) -> int:
+    from .toy import main_toy
+
+    return main_toy(argv)
+
+
+COMMANDS = {"train": _train, "eval": _eval, "merge": _merge, "demo": _demo, "toy": _toy}
 
 
 def main(argv: list[str] | None = None) -> int:
