@@ -17,6 +17,7 @@ commands:
   merge RUN_DIR OUT_DIR                   write base + adapter merged into one model folder
   demo [--output_dir D] [--max_steps N]   offline: LoRA vs LoRA+ on MiniLM + Rotten Tomatoes
   toy [--widths 128,512 --steps N ...]    the paper's toy model: loss over (lr_A, lr_B) per width
+  diagnose RUN_DIR [RUN_DIR ...]          delta_A vs delta_B over training (needs --feature_learning_steps)
 """
 
 
@@ -92,7 +93,13 @@ def _toy(argv: list[str]) -> int:
     return main_toy(argv)
 
 
-COMMANDS = {"train": _train, "eval": _eval, "merge": _merge, "demo": _demo, "toy": _toy}
+def _diagnose(argv: list[str]) -> int:
+    from .diagnostics import main_diagnose
+
+    return main_diagnose(argv)
+
+
+COMMANDS = {"train": _train, "eval": _eval, "merge": _merge, "demo": _demo, "toy": _toy, "diagnose": _diagnose}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,6 +99,8 @@ class TrainConfig:
     overwrite_output_dir: bool = _f(False, "allow writing into a non-empty output_dir", _T)
     bf16: str = _f("auto", "bfloat16 mixed precision: auto (if the GPU supports it) | true | false", _T)
     group_by_length: bool = _f(True, "batch examples of similar length together (less padding)", _T)
+    feature_learning_steps: int | None = _f(None, "every K steps log delta_A / delta_B per LoRA layer to "
+                                            "feature_learning.jsonl (none = off); see `loraplus diagnose`", _T)
     report_to: list[str] = _f(["tensorboard"], "logging integrations, e.g. tensorboard,wandb, or none", _T)
     trainer_args: dict[str, Any] = _f({}, "other TrainingArguments fields, forwarded to the Trainer", _T)
 
@@ -138,8 +140,9 @@ class TrainConfig:
               "set --num_train_epochs or --max_steps")),
             (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}; try 0.06"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (all(n is None or n >= 1 for n in (self.eval_steps, self.save_steps)) and self.logging_steps >= 1,
-             "eval_steps, save_steps and logging_steps must be >= 1"),
+            (all(n is None or n >= 1 for n in (self.eval_steps, self.save_steps, self.feature_learning_steps))
+             and self.logging_steps >= 1,
+             "eval_steps, save_steps, feature_learning_steps and logging_steps must be >= 1"),
             # Checkpoints are written when evaluating, so the best one can be kept (load_best_model_at_end).
             (self.save_steps is None or (self.eval_steps is not None and self.save_steps % self.eval_steps == 0),
              (f"save_steps ({self.save_steps}) needs eval_steps and must be a multiple of it; "

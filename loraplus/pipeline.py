@@ -22,7 +22,7 @@ from .errors import LoraPlusError
 logger = logging.getLogger("loraplus")
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "learning_curves.png", "labels.json",
-             "adapter_config.json", "adapter_model.safetensors")
+             "adapter_config.json", "adapter_model.safetensors", "feature_learning.jsonl", "feature_learning.png")
 
 
 @dataclass
@@ -199,6 +199,10 @@ def train(cfg: TrainConfig) -> dict:
         processing_class=tokenizer,
         callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), NonFiniteGuardCallback()],
     )
+    if cfg.feature_learning_steps:
+        from .diagnostics import attach_feature_learning
+
+        attach_feature_learning(trainer, cfg.feature_learning_steps)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - start

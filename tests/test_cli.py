@@ -174,3 +174,15 @@ def test_demo_code_path_tiny_budget(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "LoRA+" in out and "test acc" in out
     assert (tmp_path / "lora_vs_loraplus.png").stat().st_size > 0
+
+
+def test_feature_learning_monitor_and_diagnose(tmp_path, bert_dir, sentiment, capsys):
+    """--feature_learning_steps writes feature_learning.jsonl, and `diagnose` reads it into a verdict and PNG."""
+    out = tmp_path / "fl"
+    assert main(["train", "--model_name_or_path", bert_dir, "--train_file", sentiment["train"],
+                 *common(out, feature_learning_steps=2)]) == 0
+    records = [json.loads(line) for line in (out / "feature_learning.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in records} == {2, 4} and any(r["layer"] == "all" for r in records)
+    capsys.readouterr()
+    assert main(["diagnose", str(out)]) == 0
+    assert (out / "feature_learning.png").stat().st_size > 0 and capsys.readouterr().out.strip()

@@ -1,0 +1,374 @@
+"""Per-step feature changes of every LoRA layer: delta_A = s*B*dA*x, delta_B = s*dB*A*x (s = PEFT scaling).
+
+One optimizer step changes a LoRA layer's feature s*B*A*x by s*(B*dA*x + dB*A*x + dB*dA*x). With one
+learning rate for A and B, one of the first two terms vanishes as the model widens: "inefficient
+feature learning" (Hayou et al. 2024, sections 3-4); lr_B = ratio * lr_A puts both at the same scale.
+`FeatureLearningCallback` measures the terms on a fixed probe batch every K optimizer steps and writes
+them to `feature_learning.jsonl`; `diagnose` reads that file and says whether the two are balanced.
+
+Every norm is a per-token RMS: the Frobenius norm of the (tokens x out) matrix divided by sqrt(tokens),
+padding tokens (attention_mask == 0) left out, so that values do not depend on the probe's size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from .errors import LoraPlusError
+
+RECORDS_FILE = "feature_learning.jsonl"
+PLOT_FILE = "feature_learning.png"
+KEYS = ("delta_A", "delta_B", "cross", "feature", "norm_A", "norm_B")
+BALANCED = 0.5  # |log10(delta_B / delta_A)| within this (a factor of about 3) counts as balanced
+_NOT_INPUTS = ("labels", "label", "label_ids")  # the probe needs no loss
+
+
+def lora_linear_layers(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(name, LoraLayer, adapter) for every trainable adapter whose A and B are linear maps (>= 1, else error).
+
+    That covers nn.Linear, GPT-2's Conv1D (PEFT gives it Linear factors) and quantized bases; LoRA
+    on embeddings and convolutions has no B*A*x of this form and is skipped.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    found = []
+    for module_name, layer in model.named_modules():
+        for adapter, a in layer.lora_A.items() if isinstance(layer, LoraLayer) else ():
+            b = layer.lora_B[adapter] if adapter in layer.lora_B else None
+            if isinstance(a, nn.Linear) and isinstance(b, nn.Linear) and (a.weight.requires_grad
+                                                                          or b.weight.requires_grad):
+                name = module_name.removeprefix("base_model.model.")
+                found.append((name if adapter == "default" else f"{name}[{adapter}]", layer, adapter))
+    if not found:
+        raise LoraPlusError("the feature-learning monitor found no trainable LoRA Linear layer in the model; attach "
+                            "LoRA to Linear modules with PEFT, or turn off --feature_learning_steps")
+    return found
+
+
+class _ProbeDone(Exception):
+    """Raised by the capture hook to end the probe forward early."""
+
+
+def _gram(m: torch.Tensor) -> torch.Tensor:
+    return m.double().T @ m.double()
+
+
+class FeatureLearningCallback(TrainerCallback):
+    """Record delta_A, delta_B, the cross term and the feature of every LoRA layer every `every` steps.
+
+    Events (each called once per optimizer step, with gradient accumulation too):
+    `on_pre_optimizer_step`, when step s = global_step + 1 is due (s % every == 0), copies A and B
+    (small) and captures each layer's input x in one no-grad forward of the probe batch (`snapshot`);
+    `on_optimizer_step`, right after `optimizer.step()`, computes per layer (`measure`)
+        delta_A = s*B0*dA*x,  delta_B = s*dB*A0*x,  cross = s*dB*dA*x,  feature = s*B0*A0*x
+    with A0, B0 the factors before step s and dA, dB their change in it (exact: nothing else moves
+    them), plus norm_A, norm_B = Frobenius norms of A0, B0; layer "all" is the root of the sum of
+    squares over layers. `on_step_end` hands "all" to `trainer.log` (`fl/delta_A`, ...) for TensorBoard.
+    x is taken before the step, so a layer's record does not depend on other layers' updates; the
+    forward stops once every LoRA layer has its input (no head, no loss). A step the AMP scaler skips
+    records zeros. Memory while measuring: probe tokens x sum of in_features. Outside a Trainer, call
+    `snapshot(model)` before `optimizer.step()` and `measure(model, step)` after it.
+
+    Training is bitwise unchanged: the probe forward is no-grad, in eval mode (no dropout mask drawn)
+    and inside `torch.random.fork_rng`; module train flags are restored one by one. Rank 0 measures
+    and writes alone. Not for FSDP or DeepSpeed (sharded factors; DeepSpeed steps inside backward).
+
+    Args:
+        every: measure every this many optimizer steps (K).
+        probe_batch: a fixed, collated batch of tensors (see `probe_batch_from`); labels are dropped.
+        trainer: the Trainer whose log receives the aggregate (None: only the JSON Lines file).
+        path: the records file (default: `args.output_dir / feature_learning.jsonl`).
+    """
+
+    def __init__(self, every: int, probe_batch: Mapping, *, trainer=None, path=None):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise LoraPlusError(f"feature_learning_steps must be an integer >= 1, got {every!r}")
+        self.every = every
+        self.probe = {k: v for k, v in probe_batch.items() if torch.is_tensor(v) and k not in _NOT_INPUTS}
+        if not self.probe:
+            raise LoraPlusError("the feature-learning probe batch holds no input tensors; give a collated batch")
+        self.trainer = trainer
+        self.path = None if path is None else Path(path)
+        self._before: dict[str, tuple] | None = None
+        self._pending: dict | None = None
+
+    @torch.no_grad()
+    def snapshot(self, model: nn.Module) -> None:
+        """Before a step: copy A and B of every LoRA layer and capture its input x on the probe batch."""
+        layers = lora_linear_layers(model)
+        device = next(model.parameters()).device
+        probe = {k: v.to(device) for k, v in self.probe.items()}
+        mask = probe.get("attention_mask")
+        inputs: dict[int, list[torch.Tensor]] = {}
+
+        def capture(module, args, kwargs):
+            x = (args[0] if args else kwargs["x"]).detach()
+            if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
+                x = x[mask.bool()]  # padding positions carry no text
+            inputs.setdefault(id(module), []).append(x.reshape(-1, x.shape[-1]))
+            if len(inputs) == len(modules):
+                raise _ProbeDone  # every LoRA input is in: the rest of the forward (head, loss) is waste
+
+        modules = {id(layer): layer for _, layer, _ in layers}
+        handles = [m.register_forward_pre_hook(capture, with_kwargs=True) for m in modules.values()]
+        modes = [(m, m.training) for m in model.modules()]
+        # fork_rng: a probe must not advance any generator the training run draws from.
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        try:
+            model.eval()  # no dropout mask drawn, and x is what the model computes at inference
+            with torch.random.fork_rng(devices=cuda):
+                model(**probe)
+        except _ProbeDone:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+            for m, training in modes:
+                m.training = training  # exact restore: some modules may have been in eval on purpose
+        self._before = {
+            name: (layer, ad, torch.cat(inputs[id(layer)]) if id(layer) in inputs else None,
+                   layer.lora_A[ad].weight.detach().clone(), layer.lora_B[ad].weight.detach().clone())
+            for name, layer, ad in layers
+        }
+
+    @torch.no_grad()
+    def measure(self, model: nn.Module, step: int) -> list[dict]:
+        """After the step: records of the change since `snapshot`, one per layer, then the aggregate "all"."""
+        if self._before is None:
+            raise RuntimeError("measure() needs a snapshot() before the optimizer step")
+        before, self._before = self._before, None
+        rows, names = [], []
+        for name, (layer, ad, x, a0, b0) in before.items():
+            if x is None:  # the probe forward never reached this layer
+                continue
+            da, db = layer.lora_A[ad].weight - a0, layer.lora_B[ad].weight - b0
+            # Only r-wide products: ||U M^T||_F^2 = <U^T U, M^T M>, so no (tokens, out) matrix is formed.
+            gx = _gram(x.to(a0.dtype) @ torch.cat([a0, da]).T)  # blocks of [A0 x, dA x]^T [A0 x, dA x]
+            gw = _gram(torch.cat([b0, db], dim=1))  # blocks of [B0, dB]^T [B0, dB]
+            old, new = slice(0, a0.shape[0]), slice(a0.shape[0], None)
+            sq = torch.stack([(gx[new, new] * gw[old, old]).sum(), (gx[old, old] * gw[new, new]).sum(),
+                              (gx[new, new] * gw[new, new]).sum(), (gx[old, old] * gw[old, old]).sum()])
+            rms = (sq.clamp(min=0) * float(layer.scaling[ad]) ** 2 / max(x.shape[0], 1)).sqrt()  # clamp: rounding
+            rows.append(torch.cat([rms, torch.stack([a0.double().norm(), b0.double().norm()])]))
+            names.append(name)
+        values = torch.stack(rows).cpu().tolist() if rows else []  # one device sync for all layers
+        records = [{"step": step, "layer": name, **dict(zip(KEYS, vals))} for name, vals in zip(names, values)]
+        total = {k: math.sqrt(sum(r[k] ** 2 for r in records)) for k in KEYS}
+        return records + [{"step": step, "layer": "all", **total}]
+
+    # -- Trainer events ------------------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.path is None:
+            self.path = Path(args.output_dir) / RECORDS_FILE
+        if state.is_world_process_zero and self.path.is_file():
+            # A fresh run starts empty; a resumed one drops what was measured after its checkpoint.
+            kept = [r for r in read_records(self.path) if r.get("step", 0) <= state.global_step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and (state.global_step + 1) % self.every == 0:
+            self.snapshot(model)
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self._before is None:
+            return
+        records = self.measure(model, step=state.global_step + 1)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        self._pending = records[-1]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._pending is not None and self.trainer is not None:
+            should_log = control.should_log  # Trainer.log clears it, which would drop this step's loss log
+            self.trainer.log({f"fl/{k}": self._pending[k] for k in KEYS})
+            control.should_log = should_log
+        self._pending = None
+        return control
+
+
+def probe_batch_from(dataset, collator, *, size: int = 8) -> dict:
+    """The first `size` examples of `dataset`, collated: a fixed probe that costs no RNG draw."""
+    if len(dataset) == 0:
+        raise LoraPlusError("the training split is empty, so the feature-learning monitor has no probe batch")
+    return dict(collator([dataset[i] for i in range(min(size, len(dataset)))]))
+
+
+def attach_feature_learning(trainer, every: int, *, probe_size: int = 8) -> FeatureLearningCallback:
+    """Add a `FeatureLearningCallback` to `trainer`, probing its first `probe_size` training examples."""
+    args = trainer.args
+    if getattr(args, "deepspeed", None) or getattr(args, "fsdp", None):
+        raise LoraPlusError("the feature-learning monitor needs whole LoRA factors and the Trainer's own optimizer "
+                            "step; turn off --feature_learning_steps under FSDP or DeepSpeed")
+    lora_linear_layers(trainer.model)  # raises when there is nothing to measure
+    probe = probe_batch_from(trainer.train_dataset, trainer.data_collator, size=probe_size)
+    callback = FeatureLearningCallback(every, probe, trainer=trainer)
+    trainer.add_callback(callback)
+    return callback
+
+
+# -- reading the records back ------------------------------------------------------------------------
+
+
+def read_records(path) -> list[dict]:
+    """The records of a JSON Lines file; a torn last line (a run still writing) is skipped."""
+    lines = Path(path).read_text().splitlines()
+    records = [json.loads(line) for line in lines[:-1] if line.strip()]
+    try:
+        return records + ([json.loads(lines[-1])] if lines and lines[-1].strip() else [])
+    except json.JSONDecodeError:
+        return records
+
+
+def _log_ratio(record: dict) -> float | None:
+    """log10(delta_B / delta_A), +-inf when only one side moves, None when neither does."""
+    a, b = record["delta_A"], record["delta_B"]
+    if a <= 0 and b <= 0:
+        return None
+    if a <= 0 or b <= 0:
+        return math.inf if b > 0 else -math.inf
+    return math.log10(b / a)
+
+
+def current_ratio(run_dir) -> tuple[float | None, str | None]:
+    """lr_B / lr_A of a run and where it came from: metrics.jsonl (lr_A, lr_B), else config.yaml."""
+    run = Path(run_dir)
+    if (run / "metrics.jsonl").is_file():
+        for r in reversed(read_records(run / "metrics.jsonl")):
+            if r.get("lr_A") and r.get("lr_B") is not None:  # lr_A is 0 at the start of a warmup
+                return r["lr_B"] / r["lr_A"], "metrics.jsonl"
+    if (run / "config.yaml").is_file():
+        import yaml
+
+        try:
+            ratio = yaml.safe_load((run / "config.yaml").read_text()).get("loraplus_lr_ratio")
+        except (yaml.YAMLError, AttributeError):  # unreadable, or not a mapping
+            ratio = None
+        if isinstance(ratio, (int, float)):
+            return float(ratio), "config.yaml"
+    return None, None
+
+
+def _require_records(run_dir) -> Path:
+    path = Path(run_dir) / RECORDS_FILE
+    if not path.is_file():
+        raise LoraPlusError(f"{run_dir} has no {RECORDS_FILE}; train with the feature-learning monitor on "
+                            "(e.g. loraplus train ... --feature_learning_steps 10) and diagnose that output_dir")
+    return path
+
+
+def diagnose(run_dir, *, output=None) -> dict:
+    """Verdict on a run's feature learning: is delta_B / delta_A within a factor ~3 of 1, and what ratio balances it.
+
+    The verdict uses the median of log10(delta_B / delta_A) of the aggregate over the last half of
+    the measurements (early steps start from B = 0, where delta_A is 0 by construction).
+    The suggested ratio assumes that under Adam an update's size is proportional to its learning
+    rate, so delta_A ~ lr_A and delta_B ~ lr_B at a given state: multiplying lr_B / lr_A by
+    delta_A / delta_B then balances them if the trend continues. The assumption ignores that
+    delta_A = s*B*dA*x also grows with ||B||, which itself grows with lr_B while B is still growing
+    from zero; then the deltas' ratio hardly depends on lr_B and the suggestion is unreliable, so the
+    message says when ||B|| grew more than 1.5x over the measurements used. Measured on the toy of
+    tests/test_diagnostics.py: ratio 16 moves log10(delta_B / delta_A) by about +0.9 over ratio 1,
+    not the +1.2 the assumption predicts. Read it as a direction and a rough size, not a tuned value.
+    Reads files only, so it works on a running run. Writes the plot to `output` (default:
+    RUN_DIR/feature_learning.png).
+    """
+    path = _require_records(run_dir)
+    records = read_records(path)
+    total = sorted((r for r in records if r.get("layer") == "all"), key=lambda r: r["step"])
+    if not total:
+        raise LoraPlusError(f"{path} holds no measurement yet; wait for the first measured step and run again")
+    tail = total[len(total) // 2:]
+    logs = [v for v in map(_log_ratio, tail) if v is not None]
+    m = statistics.median(logs) if logs else None
+    ratio, source = current_ratio(run_dir)
+    suggested = ratio * 10 ** -m if ratio is not None and m is not None and math.isfinite(m) else None
+
+    span = f"median of the last {len(tail)} measurements, steps {tail[0]['step']}-{tail[-1]['step']}"
+    if m is None:
+        verdict, text = "no update", f"neither A nor B changed the features ({span})"
+    elif abs(m) <= BALANCED:
+        verdict, text = "balanced", f"delta_B / delta_A = {10 ** m:.3g} ({span})"
+    else:
+        side, other = ("B", "A") if m > 0 else ("A", "B")
+        verdict = f"{side} dominates"
+        factor = 10 ** abs(m)
+        text = (f"delta_{side} is {factor:.3g}x delta_{other} ({span})" if math.isfinite(factor)
+                else f"delta_{other} is zero: {other} does not move ({span})")
+    if ratio is not None:
+        text += f"; lr_B / lr_A = {ratio:.4g} (from {source})"
+        if suggested is not None and verdict != "balanced":
+            text += f"; a ratio of about {suggested:.3g} would balance them if the trend continues"
+    b0, b1 = tail[0]["norm_B"], tail[-1]["norm_B"]
+    growth = b1 / b0 if b0 > 0 else (math.inf if b1 > 0 else 1.0)
+    if growth > 1.5:  # see the docstring: while B grows, delta_A grows with lr_B too
+        text += f"; ||B|| grew {growth:.3g}x over these steps, so the deltas' ratio still moves: diagnose again later"
+    plot = _plot(records, Path(output) if output else Path(run_dir) / PLOT_FILE, f"{Path(run_dir).name}: {verdict}")
+    return {"run_dir": str(run_dir), "verdict": verdict, "log10_ratio": m, "measurements": len(total),
+            "ratio": ratio, "ratio_source": source, "suggested_ratio": suggested, "norm_B_growth": growth,
+            "plot": str(plot), "message": f"{run_dir}: {verdict}: {text}"}
+
+
+def _plot(records: list[dict], path: Path, title: str) -> Path:
+    """delta_A and delta_B against step on a log axis: the aggregate thick, each layer thin."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: never needs a display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    layers = sorted(dict.fromkeys(r["layer"] for r in records), key=lambda name: name == "all")  # "all" on top
+    for layer in layers:
+        rows = sorted((r for r in records if r["layer"] == layer), key=lambda r: r["step"])
+        for key, color in (("delta_A", "tab:blue"), ("delta_B", "tab:orange")):
+            points = [(r["step"], r[key]) for r in rows if r[key] > 0]  # a log axis cannot show 0
+            if points:
+                style = dict(lw=2.2, label=f"{key} (all layers)") if layer == "all" else dict(lw=0.6, alpha=0.35)
+                ax.plot(*zip(*points), color=color, **style)
+    if ax.lines:
+        ax.set_yscale("log")
+        ax.legend()
+    ax.set(xlabel="optimizer step", ylabel="per-token RMS change of s*B*A*x", title=title)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+USAGE = "usage: loraplus diagnose RUN_DIR [RUN_DIR ...] [--output PNG]"
+
+
+def main_diagnose(argv: list[str]) -> int:
+    """`loraplus diagnose RUN_DIR [RUN_DIR ...] [--output PNG]`: print one verdict per run, write plots."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    argv = [part for a in argv for part in (a.split("=", 1) if a.startswith("--output=") else [a])]
+    runs, output = [], None
+    while argv:
+        arg = argv.pop(0)
+        if arg == "--output" and argv:
+            output = argv.pop(0)
+        elif arg.startswith("-"):
+            raise LoraPlusError(f"unknown option {arg}; {USAGE}")
+        else:
+            runs.append(arg)
+    if not runs or (output and len(runs) > 1):
+        raise LoraPlusError(f"{USAGE} (--output only with one RUN_DIR)" if runs else USAGE)
+    for run in runs:  # every run checked before any plot is written
+        _require_records(run)
+    for run in runs:
+        result = diagnose(run, output=output)
+        print(f"{result['message']}\nplot: {result['plot']}")
+    return 0
