@@ -15,7 +15,9 @@ Roles come from the PEFT layer object that owns a parameter, never from its name
 
 `lr_embedding`, `lr_magnitude` and `lr_other` default to `lr`: nothing but B trains at
 `lr * ratio` unless asked. "decay" means the user's `weight_decay` (or `lora_weight_decay` for the
-LoRA matrices); biases, norm weights and DoRA magnitudes are never decayed.
+LoRA matrices), or the optimizer's own default when neither is given (AdamW: 0.01), so switching from
+`AdamW(params, lr=...)` changes nothing but the learning rates; biases, norm weights and DoRA
+magnitudes are never decayed.
 """
 
 from __future__ import annotations
@@ -173,7 +175,7 @@ def param_groups(
     *,
     lr: float,
     ratio: float = 16.0,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     lora_weight_decay: float | None = None,
     lr_embedding: float | None = None,
     lr_magnitude: float | None = None,
@@ -185,13 +187,14 @@ def param_groups(
         lr: learning rate of the A factors (lr_A).
         ratio: lr_B / lr_A (paper: about 2**4). Must be > 0; < 1 warns.
         weight_decay: decay of matrices (LoRA factors, heads); 1-D params, norms, DoRA never.
+            None leaves the matrices' groups without a "weight_decay" key: the optimizer's default applies.
         lora_weight_decay: decay of the LoRA factors only, if different (PEFT's `loraplus_weight_decay`).
         lr_embedding: lr of both embedding factors (default: lr).
         lr_magnitude: lr of DoRA magnitudes (default: lr).
         lr_other: lr of heads, modules_to_save, biases, norms, trainable tokens (default: lr).
 
     Returns a list of dicts in `GROUP_ORDER`, empty groups dropped; each has "name", "params",
-    "param_names", "lr" and "weight_decay". The groups are disjoint and cover every parameter
+    "param_names", "lr" and (unless left to the optimizer) "weight_decay". The groups are disjoint and cover every parameter
     with requires_grad (asserted).
     """
     _check_lr("lr", lr)
@@ -223,15 +226,10 @@ def param_groups(
         names = [n for n, r in roles.items() if r == role]
         if names:
             group_lr, decay = policy[role]
-            groups.append(
-                {
-                    "name": role,
-                    "params": [by_name[n] for n in names],
-                    "param_names": names,
-                    "lr": group_lr,
-                    "weight_decay": decay,
-                }
-            )
+            group = {"name": role, "params": [by_name[n] for n in names], "param_names": names, "lr": group_lr}
+            if decay is not None:
+                group["weight_decay"] = decay
+            groups.append(group)
     _assert_partition(groups, (p for p in model.parameters() if p.requires_grad))
     return groups
 

@@ -113,7 +113,7 @@ def create_loraplus_optimizer(
     loraplus_lr_ratio: float,
     loraplus_lr_embedding: float | None = PEFT_DEFAULT_LR_EMBEDDING,
     loraplus_weight_decay: float | None = None,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     loraplus_lr_magnitude: float | None = None,
     loraplus_lr_other: float | None = None,
     **optimizer_kwargs,
@@ -127,7 +127,8 @@ def create_loraplus_optimizer(
         loraplus_lr_ratio: lr_B / lr_A (paper: about 16).
         loraplus_lr_embedding: lr of both embedding factors (PEFT's default 1e-6; None = lr).
         loraplus_weight_decay: decay of the LoRA factors (PEFT's name); None = `weight_decay`.
-        weight_decay: decay of matrices; biases, norms and DoRA magnitudes are never decayed.
+        weight_decay: decay of matrices (None: the optimizer's default, e.g. AdamW's 0.01); biases,
+            norms and DoRA magnitudes are never decayed.
         loraplus_lr_magnitude: lr of DoRA magnitudes (None = lr).
         loraplus_lr_other: lr of heads, modules_to_save and biases (None = lr).
         **optimizer_kwargs: passed to the optimizer (betas, eps, ...).

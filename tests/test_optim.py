@@ -163,3 +163,23 @@ def train_steps_bert(model, optimizer):
     ids = torch.randint(0, 64, (2, 6))
     model(input_ids=ids, labels=torch.tensor([0, 1])).loss.backward()
     optimizer.step()
+
+
+def test_default_weight_decay_is_the_optimizers():
+    """Without weight_decay, matrices get the optimizer's own default (AdamW 0.01, Adam 0); 1-D params none."""
+    model = peft(tiny_bert(), task_type="SEQ_CLS", target_modules=["query"])
+    adamw = {g["name"]: g["weight_decay"] for g in
+             create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=16).param_groups}
+    adam = {g["name"]: g["weight_decay"] for g in
+            create_loraplus_optimizer(model, torch.optim.Adam, lr=1e-3, loraplus_lr_ratio=16).param_groups}
+    assert adamw == {"lora_A": 0.01, "lora_B": 0.01, "other": 0.01, "other_no_decay": 0.0}
+    assert set(adam.values()) == {0.0}
+
+
+def test_ratio_one_drop_in_for_default_adamw():
+    """A LoRA model: ratio=1 with no other argument trains bitwise like AdamW(trainable params, lr=lr)."""
+    a, b = peft(tiny_llama(), target_modules=["q_proj", "v_proj"]), peft(tiny_llama(), target_modules=["q_proj", "v_proj"])
+    reference = torch.optim.AdamW([p for p in a.parameters() if p.requires_grad], lr=1e-3)
+    loraplus = create_loraplus_optimizer(b, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=1.0)
+    wa, wb = train_steps(a, reference), train_steps(b, loraplus)
+    assert all(torch.equal(wa[n], wb[n]) for n in wa)
