@@ -187,15 +187,16 @@ def param_groups(
         lr: learning rate of the A factors (lr_A).
         ratio: lr_B / lr_A (paper: about 2**4). Must be > 0; < 1 warns.
         weight_decay: decay of matrices (LoRA factors, heads); 1-D params, norms, DoRA never.
-            None leaves the matrices' groups without a "weight_decay" key: the optimizer's default applies.
+            None leaves the matrices' groups without a "weight_decay" key: the optimizer's default
+            applies.
         lora_weight_decay: decay of the LoRA factors only, if different (PEFT's `loraplus_weight_decay`).
         lr_embedding: lr of both embedding factors (default: lr).
         lr_magnitude: lr of DoRA magnitudes (default: lr).
         lr_other: lr of heads, modules_to_save, biases, norms, trainable tokens (default: lr).
 
     Returns a list of dicts in `GROUP_ORDER`, empty groups dropped; each has "name", "params",
-    "param_names", "lr" and (unless left to the optimizer) "weight_decay". The groups are disjoint and cover every parameter
-    with requires_grad (asserted).
+    "param_names", "lr" and (unless left to the optimizer) "weight_decay". The groups are disjoint
+    and cover every parameter with requires_grad (asserted).
     """
     _check_lr("lr", lr)
     if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and ratio > 0):

@@ -178,7 +178,8 @@ def test_default_weight_decay_is_the_optimizers():
 
 def test_ratio_one_drop_in_for_default_adamw():
     """A LoRA model: ratio=1 with no other argument trains bitwise like AdamW(trainable params, lr=lr)."""
-    a, b = peft(tiny_llama(), target_modules=["q_proj", "v_proj"]), peft(tiny_llama(), target_modules=["q_proj", "v_proj"])
+    a = peft(tiny_llama(), target_modules=["q_proj", "v_proj"])
+    b = peft(tiny_llama(), target_modules=["q_proj", "v_proj"])
     reference = torch.optim.AdamW([p for p in a.parameters() if p.requires_grad], lr=1e-3)
     loraplus = create_loraplus_optimizer(b, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=1.0)
     wa, wb = train_steps(a, reference), train_steps(b, loraplus)
