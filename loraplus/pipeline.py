@@ -40,16 +40,29 @@ def check_output_dir(cfg: TrainConfig) -> str | None:
     out = Path(cfg.output_dir)
     resume = cfg.resume_from_checkpoint
     if resume:
-        if resume == "latest":
-            from transformers.trainer_utils import get_last_checkpoint
+        # Checkpoints are validated, not just found: a save cut short by a crash leaves a folder that
+        # looks complete (reliability.py). Under torchrun every rank runs this; rank 0 alone warns.
+        from .reliability import MARKER, NO_MARKER, check_checkpoint, is_first_process, latest_valid_checkpoint
 
-            found = get_last_checkpoint(str(out)) if out.is_dir() else None
+        if resume == "latest":
+            found, skipped = latest_valid_checkpoint(out)
+            for folder, why in skipped if is_first_process() else ():
+                logger.warning("skipping %s: %s", folder, why)
+            if found is None and skipped:
+                oldest, why = skipped[-1]
+                raise LoraPlusError(f"--resume_from_checkpoint latest: no checkpoint in {out} is usable (oldest, "
+                                    f"{oldest.name}: {why}); start afresh with --overwrite_output_dir")
             if found is None:
                 raise LoraPlusError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {out}; "
                                     "train without it to start a fresh run")
-            return found
+            return str(found)
         if not Path(resume).is_dir():
             raise LoraPlusError(f"checkpoint folder {resume} does not exist; give a checkpoint-N folder or 'latest'")
+        why = check_checkpoint(resume, require_marker=False)
+        if why:
+            raise LoraPlusError(f"cannot resume from {resume}: {why}; give an earlier checkpoint-N folder or 'latest'")
+        if not (Path(resume) / MARKER).is_file() and is_first_process():
+            logger.warning("%s has %s; its files look whole, so resuming from it as asked", resume, NO_MARKER)
         return resume
     if out.exists() and not out.is_dir():
         raise LoraPlusError(f"output_dir {out} is a file; choose a folder path")
@@ -155,10 +168,13 @@ def train(cfg: TrainConfig) -> dict:
     from transformers import set_seed
 
     from .models import load_tokenizer, resolve_model
+    from .reliability import (CheckpointCompleteCallback, EpochSeededSamplerCallback, check_engine_settings,
+                              cpu_only_launch, drop_newer_checkpoints, wait_for_everyone)
     from .trainer import JsonlMetricsCallback, LoraPlusTrainer, LoraPlusTrainingArguments, NonFiniteGuardCallback
 
     cfg.validate()
     kwargs = training_arguments_kwargs(cfg)  # checks optim / scheduler names before any loading
+    check_engine_settings(kwargs)  # FSDP / DeepSpeed settings that would erase lr_B = ratio * lr_A
     resume = check_output_dir(cfg)
     model_path = resolve_model(cfg.model_name_or_path)
     tokenizer = load_tokenizer(model_path)
@@ -170,6 +186,13 @@ def train(cfg: TrainConfig) -> dict:
         raise LoraPlusError("the training split is empty after preprocessing; check --train_file and --max_length")
     set_seed(cfg.seed)  # LoRA's A init draws from the global generator
     model = build_model(cfg, model_path, prepared, tokenizer)
+    if cfg.task == "classification":
+        # Sequence classifiers take **kwargs but average their loss over their own batch, ignoring the
+        # num_items_in_batch the Trainer passes. Believing otherwise (transformers 5 reads
+        # `accepts_loss_kwargs`, else the forward signature), the Trainer skips its division by
+        # gradient_accumulation_steps and multiplies by the process count (Trainer.training_step,
+        # compute_loss): gradients and logged loss came out accumulation steps x processes too large.
+        model.get_base_model().accepts_loss_kwargs = False
     metric, greater = best_metric(cfg, prepared)
     kwargs.setdefault("load_best_model_at_end", True)
     kwargs.setdefault("metric_for_best_model", metric)
@@ -177,17 +200,27 @@ def train(cfg: TrainConfig) -> dict:
     kwargs.setdefault("save_total_limit", 2)
     kwargs.setdefault("disable_tqdm", not sys.stderr.isatty())
     kwargs.setdefault("dataloader_pin_memory", _cuda())
+    if cpu_only_launch():  # torchrun on CPUs: DDP over gloo, not N independent runs writing one folder
+        kwargs.setdefault("use_cpu", True)
     kwargs.pop("resume_from_checkpoint", None)
     args = LoraPlusTrainingArguments(**kwargs, loraplus_lr_ratio=cfg.loraplus_lr_ratio,
                                      loraplus_lr_embedding=cfg.loraplus_lr_embedding,
                                      loraplus_lr_other=cfg.loraplus_lr_other)
 
-    # All checks passed: from here on the output folder is ours to write.
+    # All checks passed: from here on the output folder is ours to write. Under torchrun / accelerate
+    # launch every rank runs this function: the Trainer's writer (`should_save`, rank 0) alone prepares
+    # the folder, after every rank has passed check_output_dir and before any goes on (no rank may see
+    # a half-cleared folder, or refuse the config.yaml rank 0 just wrote as "another run").
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if resume is None:
-        _clear_run(out)
-    cfg.save(str(out / "config.yaml"))
+    wait_for_everyone(args)
+    if args.should_save:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume is None:
+            _clear_run(out)
+        else:  # checkpoints after the resume point that failed validation: written again, into clean folders
+            drop_newer_checkpoints(out, resume)
+        cfg.save(str(out / "config.yaml"))
+    wait_for_everyone(args)
     from .data import collator_for
     from .metrics import compute_metrics_for
 
@@ -197,7 +230,8 @@ def train(cfg: TrainConfig) -> dict:
         compute_metrics=compute_metrics_for(cfg.task, prepared.is_regression,
                                             len(prepared.label_names or []) or None),
         processing_class=tokenizer,
-        callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), NonFiniteGuardCallback()],
+        callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), NonFiniteGuardCallback(),
+                   CheckpointCompleteCallback(), EpochSeededSamplerCallback()],
     )
     if cfg.feature_learning_steps:
         from .diagnostics import attach_feature_learning

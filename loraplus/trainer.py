@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -112,6 +113,17 @@ class JsonlMetricsCallback(TrainerCallback):
         self.path = path
         self._lrs: dict[str, float] = {}
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A run resumed from checkpoint-N replays the steps after N: drop their records (and the end-of-
+        # training record, logged after the last save) so each step is in the file once. A fresh run
+        # (step 0) starts the file empty.
+        path = Path(self.path)
+        if state.is_world_process_zero and path.is_file():
+            lines = path.read_text().splitlines()
+            kept = [line for line in lines if state.global_step > 0 and _keep_record(line, state.global_step)]
+            if len(kept) < len(lines):
+                path.write_text("".join(line + "\n" for line in kept))
+
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         if optimizer is not None:
             self._lrs = {g.get("name"): g["lr"] for g in optimizer.param_groups}
@@ -125,6 +137,15 @@ class JsonlMetricsCallback(TrainerCallback):
             record["lr_B"] = self._lrs.get("lora_B")
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _keep_record(line: str, step: int) -> bool:
+    """Whether a metrics.jsonl line survives a resume from `step`: logged at or before it, not a run summary."""
+    try:
+        record = json.loads(line)
+    except ValueError:  # a line cut short by the crash
+        return False
+    return record.get("step", 0) <= step and "train_runtime" not in record
 
 
 class NonFiniteGradientError(LoraPlusError):

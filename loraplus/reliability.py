@@ -1,0 +1,309 @@
+"""Crash-safe checkpoints and exact resume: completion markers, checkpoint validation, one writer per run.
+
+transformers' Trainer writes `checkpoint-N/` file by file, in place (`Trainer._save_checkpoint`), so a
+`kill -9`, an OOM kill or a power cut during a save leaves a folder that looks like a checkpoint and is
+not one; `get_last_checkpoint` would pick it. Here every checkpoint gets a marker written last (after
+its files are fsynced, atomically: temp file + fsync + `os.replace`), listing each file with its size,
+and `--resume_from_checkpoint latest` takes the newest checkpoint whose marker and files check out.
+
+Exact resume also needs the same data order: transformers' `LengthGroupedSampler` draws each epoch's
+permutation from the global torch RNG, which dropout also draws from, so after a resume (fresh RNG) or
+on each DDP rank (CPU dropout on differently padded batches) epoch 2 onward would get another order.
+`EpochSeededSamplerCallback` gives that sampler the rule accelerate's `SeedableRandomSampler` already
+uses for plain shuffling: a generator seeded with `(data_seed or seed) + epoch`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import struct
+import tempfile
+import zipfile
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from .errors import LoraPlusError
+
+MARKER = "loraplus_checkpoint_complete.json"
+NO_MARKER = "no completion marker: its save was interrupted (or it predates loraplus' markers)"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR + "-N"
+
+
+# -- one writer per run -------------------------------------------------------------------------------
+
+
+def wait_for_everyone(args) -> None:
+    """Block until every process of the run reaches this call (a no-op in a single process)."""
+    state = getattr(args, "distributed_state", None)  # accelerate's PartialState, set up by TrainingArguments
+    if state is not None and args.world_size > 1:
+        state.wait_for_everyone()
+
+
+def cpu_only_launch() -> bool:
+    """Whether a launcher (torchrun, accelerate launch) started several processes on a machine without a GPU.
+
+    accelerate 1.x sets up DDP over gloo on CPU only when asked (`use_cpu`); otherwise each process
+    trains alone on all the data and every one of them writes the same run folder.
+    """
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ...
+    return not (accelerator.is_available() if accelerator is not None else torch.cuda.is_available())
+
+
+def _truthy(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _mapping(value, key: str) -> dict:
+    """A config given inline (dict) or as the path of a JSON file, or a one-line error naming `key`."""
+    if isinstance(value, dict):
+        return value
+    try:
+        return json.loads(Path(value).read_text())
+    except (OSError, ValueError) as e:
+        raise LoraPlusError(f"cannot read --{key} {value} ({type(e).__name__}); give the path of a JSON file") from e
+
+
+def check_engine_settings(kwargs: dict) -> None:
+    """Refuse, before anything is written, FSDP / DeepSpeed settings that would erase lr_B = ratio * lr_A.
+
+    `kwargs` are the TrainingArguments keyword arguments. DeepSpeed builds its own optimizer (one lr
+    for all parameters) when its config has an "optimizer" section, and its schedulers set one lr on
+    every group; without those sections the Trainer builds the LoRA+ optimizer and scales each group.
+    FSDP1 without use_orig_params flattens parameters (groups.py refuses that too, but only once
+    training starts); accelerate's FSDP1 plugin defaults it to false, transformers' to true.
+    """
+    ds = kwargs.get("deepspeed")
+    if ds:
+        conf, name = _mapping(ds, "deepspeed"), ("the deepspeed config" if isinstance(ds, dict) else ds)
+        for section, why in (("optimizer", "DeepSpeed would build its own optimizer, one lr for every parameter"),
+                             ("scheduler", "DeepSpeed's schedulers set one lr on every parameter group")):
+            if section in conf:
+                raise LoraPlusError(f"{name} has an '{section}' section: {why}, erasing lr_B = ratio * lr_A; "
+                                    "delete it (the Trainer then builds the LoRA+ optimizer from --optim and "
+                                    "--lr_scheduler_type)")
+    if kwargs.get("fsdp"):
+        conf = _mapping(kwargs.get("fsdp_config") or {}, "fsdp_config")
+        version = int(conf.get("version", conf.get("fsdp_version", 2)))
+        flat = version == 1 and not _truthy(conf.get("use_orig_params", conf.get("fsdp_use_orig_params", "true")))
+    else:  # accelerate launch --config_file with an FSDP section exports it as environment variables
+        flat = (_truthy(os.environ.get("ACCELERATE_USE_FSDP", "false")) and os.environ.get("FSDP_VERSION", "1") == "1"
+                and not _truthy(os.environ.get("FSDP_USE_ORIG_PARAMS", "false")))
+    if flat:
+        raise LoraPlusError("FSDP1 without use_orig_params flattens parameters, so LoRA A and B cannot be told apart; "
+                            "set use_orig_params: true (fsdp_config, or fsdp_use_orig_params in the accelerate "
+                            "config), or use FSDP2")
+
+
+def is_first_process() -> bool:
+    """Whether this is global rank 0, before any process group exists (torchrun and accelerate set RANK)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+# -- completion markers ---------------------------------------------------------------------------------
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def mark_complete(folder: str | os.PathLike, step: int) -> Path:
+    """Flush every file of `folder` to disk, then write its marker (file -> size) atomically, last."""
+    folder = Path(folder)
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER):
+        _fsync(path)
+        files[path.relative_to(folder).as_posix()] = path.stat().st_size
+    for directory in {p.parent for p in folder.rglob("*")} | {folder}:
+        _fsync(directory)  # the directory entries themselves, so no file vanishes after a power cut
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".marker-", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"step": step, "files": files}, f, indent=0)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / MARKER)
+    _fsync(folder)
+    return folder / MARKER
+
+
+class CheckpointCompleteCallback(TrainerCallback):
+    """Write the completion marker into each checkpoint right after the Trainer has saved it (`on_save`)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        # Every rank writes its own part (rng_state_{rank}.pth; FSDP and DeepSpeed shards), so all of
+        # them must be done before the one writer declares the checkpoint complete.
+        wait_for_everyone(args)
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and folder.is_dir():
+            mark_complete(folder, state.global_step)
+        return control
+
+
+# -- validation -------------------------------------------------------------------------------------------
+
+
+def _check_safetensors(path: Path) -> str | None:
+    """Why a .safetensors file is unreadable (header, or data shorter than the header says), or None."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{path.name} is truncated"
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            return f"{path.name} is truncated"
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            return f"{path.name} has an unreadable header"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    return f"{path.name} is truncated" if 8 + n + end > size else None
+
+
+def _check_torch_file(path: Path) -> str | None:
+    """Why a torch.save file (a zip archive with a CRC per entry) is damaged, or None; nothing is unpickled."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return f"{path.name} is truncated or not a torch file"
+    return f"{path.name} is damaged ({bad} fails its CRC)" if bad else None
+
+
+def check_checkpoint(folder: str | os.PathLike, *, require_marker: bool = True) -> str | None:
+    """Why `folder` cannot be resumed from (one short phrase), or None when it is complete and readable.
+
+    Complete: our marker is there, and every file it lists has the recorded size (require_marker=False
+    accepts a folder without one, e.g. from a plain Trainer run, and checks the files it holds). Readable:
+    trainer_state.json parses and names the folder's step, safetensors headers parse and cover their
+    data, torch files pass their zip CRCs, and an optimizer state exists (else resume is not exact).
+    """
+    folder = Path(folder)
+    try:
+        listed = json.loads((folder / MARKER).read_text())["files"]
+    except FileNotFoundError:
+        if require_marker:
+            return NO_MARKER
+        listed = {p.relative_to(folder).as_posix(): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+    except (ValueError, KeyError, TypeError):
+        return "its completion marker is unreadable"
+    for name, size in listed.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text())
+    except FileNotFoundError:
+        return "trainer_state.json is missing"
+    except ValueError:
+        return "trainer_state.json is unreadable"
+    match = _CHECKPOINT.match(folder.name)
+    if match and state.get("global_step") != int(match.group(1)):
+        return f"trainer_state.json is for step {state.get('global_step')}"
+    names = set(listed)
+    if not any(n.endswith(".safetensors") or n.startswith(("pytorch_model", "global_step")) for n in names):
+        return "it holds no model weights"
+    # optimizer.pt (Trainer), optimizer_0/ (FSDP sharded), global_step*/ (DeepSpeed)
+    if not any(n.startswith(("optimizer", "global_step")) for n in names):
+        return "it holds no optimizer state (saved with save_only_model?)"
+    for name in sorted(names):
+        path = folder / name
+        if path.parent != folder:
+            continue  # shards of FSDP / DeepSpeed: size-checked above
+        if name.endswith(".safetensors"):
+            reason = _check_safetensors(path)
+        elif name.endswith((".pt", ".pth", ".bin")):
+            reason = _check_torch_file(path)
+        else:
+            continue
+        if reason:
+            return reason
+    return None
+
+
+def checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-N` folders of `output_dir`, newest (largest N) first."""
+    out = Path(output_dir)
+    found = [p for p in out.iterdir() if p.is_dir() and _CHECKPOINT.match(p.name)] if out.is_dir() else []
+    return sorted(found, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)), reverse=True)
+
+
+def latest_valid_checkpoint(output_dir: str | os.PathLike) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """(the newest checkpoint that passes `check_checkpoint`, [(each newer one skipped, why)])."""
+    skipped = []
+    for folder in checkpoints(output_dir):
+        reason = check_checkpoint(folder)
+        if reason is None:
+            return folder, skipped
+        skipped.append((folder, reason))
+    return None, skipped
+
+
+def drop_newer_checkpoints(output_dir: str | os.PathLike, resume: str | os.PathLike) -> list[Path]:
+    """Remove the invalid checkpoints of `output_dir` after `resume`: the resumed run writes them again, cleanly.
+
+    Without this, a half-written checkpoint-N would receive the resumed run's files for step N on top
+    of its own leftovers. Valid ones are kept (resuming an earlier checkpoint on purpose).
+    """
+    resume = Path(resume)
+    match = _CHECKPOINT.match(resume.name)
+    if match is None or resume.resolve().parent != Path(output_dir).resolve():
+        return []
+    removed = []
+    for folder in checkpoints(output_dir):
+        if int(_CHECKPOINT.match(folder.name).group(1)) > int(match.group(1)) and check_checkpoint(folder):
+            (folder / MARKER).unlink(missing_ok=True)  # first: a deletion cut short leaves an unmarked folder
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+# -- data order ---------------------------------------------------------------------------------------------
+
+
+def _length_grouped_samplers(dataloader):
+    """The LengthGroupedSampler(s) under a (possibly accelerate-wrapped, sharded) train dataloader."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    seen, todo = set(), [dataloader]
+    while todo:
+        obj = todo.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, LengthGroupedSampler):
+            yield obj
+        else:  # DataLoaderShard -> BatchSamplerShard / SkipBatchSampler -> BatchSampler -> sampler
+            todo += [getattr(obj, name, None) for name in ("batch_sampler", "sampler", "base_dataloader")]
+
+
+class EpochSeededSamplerCallback(TrainerCallback):
+    """Seed the length-grouped order of epoch e with `(data_seed or seed) + e`, independent of dropout draws.
+
+    Runs at `on_epoch_begin`, which the Trainer calls before it iterates the epoch's dataloader (and
+    before it skips the batches a resumed run has already trained on), so the skip replays the same order.
+    """
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        import torch
+
+        # state.epoch is e + k / n inside epoch e (k < n batches done), exactly e at its start.
+        epoch = math.floor((state.epoch or 0.0) + 1e-9)
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        for sampler in _length_grouped_samplers(train_dataloader):
+            sampler.generator = torch.Generator().manual_seed(seed + epoch)
+        return control
