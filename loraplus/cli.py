@@ -16,6 +16,10 @@ commands:
   eval RUN_DIR [--key value ...]          score a trained adapter (default: the run's test split)
   merge RUN_DIR OUT_DIR                   write base + adapter merged into one model folder
   demo [--output_dir D] [--max_steps N]   offline: LoRA vs LoRA+ on MiniLM + Rotten Tomatoes
+  compare CONFIG [--methods lora,loraplus] [--seeds 1,2] [--lrs ...] [--ratios 16] [--key value ...]
+                                          each method at its own tuned lr, then per seed: report, curves
+  sweep CONFIG --lr 1e-4,3e-4 [--ratio 1,4,16] [--key value ...]
+                                          one run per (lr_A, ratio): heatmap over (lr_A, lr_B)
   toy [--widths 128,512 --steps N ...]    the paper's toy model: loss over (lr_A, lr_B) per width
   diagnose RUN_DIR [RUN_DIR ...]          delta_A vs delta_B over training (needs --feature_learning_steps)
 """
@@ -48,7 +52,10 @@ def _train(argv: list[str]) -> int:
     from .pipeline import train
 
     summary = train(cfg)
-    _print_summary(cfg.output_dir, summary)
+    from .reliability import is_first_process
+
+    if is_first_process():  # under torchrun every rank returns here; one summary is enough
+        _print_summary(cfg.output_dir, summary)
     return 0
 
 
@@ -99,7 +106,20 @@ def _diagnose(argv: list[str]) -> int:
     return main_diagnose(argv)
 
 
-COMMANDS = {"train": _train, "eval": _eval, "merge": _merge, "demo": _demo, "toy": _toy, "diagnose": _diagnose}
+def _compare(argv: list[str]) -> int:
+    from .experiments import main_compare
+
+    return main_compare(argv)
+
+
+def _sweep(argv: list[str]) -> int:
+    from .experiments import main_sweep
+
+    return main_sweep(argv)
+
+
+COMMANDS = {"train": _train, "eval": _eval, "merge": _merge, "demo": _demo, "toy": _toy, "diagnose": _diagnose,
+            "compare": _compare, "sweep": _sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,8 +81,9 @@ def _clear_run(out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def prepare_data(cfg: TrainConfig, tokenizer, label_names: list[str] | None = None) -> PreparedData:
-    """Load the splits named by `cfg` and tokenise them for its task."""
+def prepare_data(cfg: TrainConfig, tokenizer, label_names: list[str] | None = None, *,
+                 drop_test: bool = False) -> PreparedData:
+    """Load the splits named by `cfg` and tokenise them for its task (without the test split if drop_test)."""
     from . import data
 
     splits = data.load_splits(
@@ -91,6 +92,8 @@ def prepare_data(cfg: TrainConfig, tokenizer, label_names: list[str] | None = No
         validation_split_ratio=cfg.validation_split_ratio, seed=cfg.seed,
         max_train_samples=cfg.max_train_samples, max_eval_samples=cfg.max_eval_samples,
     )
+    if drop_test:  # tuning runs: the test split is never tokenised, evaluated or seen
+        splits.pop("test", None)
     common = dict(text_column=cfg.text_column, max_length=cfg.max_length)
     if cfg.task == "classification":
         tok, names, regression = data.prepare_classification(
@@ -163,8 +166,13 @@ def score(cfg: TrainConfig, model, tokenizer, dataset, prepared: PreparedData, t
     return metrics
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run one LoRA+ finetune as configured; write the run folder; return its summary."""
+def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False) -> dict:
+    """Run one LoRA+ finetune as configured; write the run folder; return its summary.
+
+    tuning: drop the test split entirely (runs whose validation metric chooses a learning rate).
+    eval_on_test: evaluate on the test split while training and keep the final model, not the best
+    (the re-runs at an already chosen learning rate whose test curves a comparison reports).
+    """
     from transformers import set_seed
 
     from .models import load_tokenizer, resolve_model
@@ -178,7 +186,9 @@ def train(cfg: TrainConfig) -> dict:
     resume = check_output_dir(cfg)
     model_path = resolve_model(cfg.model_name_or_path)
     tokenizer = load_tokenizer(model_path)
-    prepared = prepare_data(cfg, tokenizer)
+    prepared = prepare_data(cfg, tokenizer, drop_test=tuning)
+    if eval_on_test and "test" not in prepared.splits:
+        raise LoraPlusError("this run evaluates on a test split but the data has none; pass --test_file")
     for split in ("validation", "test"):
         if split in prepared.splits:
             prepared.splits[split] = _sorted_by_length(prepared.splits[split])
@@ -194,7 +204,7 @@ def train(cfg: TrainConfig) -> dict:
         # compute_loss): gradients and logged loss came out accumulation steps x processes too large.
         model.get_base_model().accepts_loss_kwargs = False
     metric, greater = best_metric(cfg, prepared)
-    kwargs.setdefault("load_best_model_at_end", True)
+    kwargs.setdefault("load_best_model_at_end", not eval_on_test)  # never pick a checkpoint on test
     kwargs.setdefault("metric_for_best_model", metric)
     kwargs.setdefault("greater_is_better", greater)
     kwargs.setdefault("save_total_limit", 2)
@@ -226,7 +236,8 @@ def train(cfg: TrainConfig) -> dict:
 
     trainer = LoraPlusTrainer(
         model=model, args=args, train_dataset=prepared.splits["train"],
-        eval_dataset=prepared.splits["validation"], data_collator=collator_for(cfg.task, tokenizer),
+        eval_dataset=prepared.splits["test" if eval_on_test else "validation"],
+        data_collator=collator_for(cfg.task, tokenizer),
         compute_metrics=compute_metrics_for(cfg.task, prepared.is_regression,
                                             len(prepared.label_names or []) or None),
         processing_class=tokenizer,
@@ -248,6 +259,7 @@ def train(cfg: TrainConfig) -> dict:
         "tokens_per_second": round(_tokens_seen(prepared.splits["train"], result.global_step, args) / train_seconds, 1),
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "best_metric": trainer.state.best_metric, "metric": metric,
+        "role": "tune" if tuning else "final" if eval_on_test else "train",
     }
     summary["validation"] = score(cfg, trainer.model, tokenizer, prepared.splits["validation"], prepared,
                                   trainer, "eval")

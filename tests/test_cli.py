@@ -1,65 +1,12 @@
 """The `loraplus` CLI end to end, in-process, on tiny local models: outputs, reload, merge, bad input."""
 
-import csv
 import json
 
 import pytest
 import torch
+from conftest import WORDS, write_csv
 
 from loraplus.cli import main
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from loraplus.models import load_tokenizer, resolve_model
-
-    return load_tokenizer(resolve_model("minilm"))  # packaged, local, fast
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory, tokenizer):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-bert")
-    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=64)
-    BertForSequenceClassification(cfg).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory, tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny-llama")
-    cfg = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-WORDS = ["good fun great film", "bad dull awful plot", "great acting good", "awful boring bad",
-         "fun lovely great", "dull bad poor"]
-
-
-def write_csv(path, rows, fields=("text", "label")):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def sentiment(tmp_path_factory):
-    d = tmp_path_factory.mktemp("sentiment")
-    rows = [{"text": WORDS[i % 6], "label": "positive" if i % 2 == 0 else "negative"} for i in range(48)]
-    return {s: write_csv(d / f"{s}.csv", rows[:n]) for s, n in (("train", 48), ("dev", 16), ("test", 16))}
 
 
 def common(out, **extra):

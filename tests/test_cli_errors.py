@@ -89,6 +89,11 @@ def cases(root, model, f):
         "merge usage": (["merge", str(root)], "usage"),
         "unknown command": (["trian"], "unknown command"),
         "demo bad flag": (["demo", "--epochs", "3"], "demo takes"),
+        "sweep without lr grid": (["sweep", "--model_name_or_path", model, "--output_dir", out], "--lr"),
+        "compare bad seeds": (["compare", "--model_name_or_path", model, "--seeds", "one", "--output_dir", out],
+                              "--seeds"),
+        "compare bad lr grid": (["compare", "--model_name_or_path", model, "--lrs", "0,1e-3", "--output_dir", out],
+                                "--lrs"),
     }
 
 

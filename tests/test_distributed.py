@@ -1,7 +1,6 @@
 """`loraplus train` under torchrun (2 CPU processes, DDP over gloo) trains like one process with the same global
 batch; gradient accumulation likewise; the FSDP / DeepSpeed example configs and the settings refused up front."""
 
-import csv
 import json
 import os
 import subprocess
@@ -9,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
+from conftest import save_tiny_bert, write_sentiment_csvs
 from safetensors.torch import load_file
 
 from loraplus.cli import main
@@ -18,30 +17,17 @@ from loraplus.config import parse_train_args, training_arguments_kwargs
 from loraplus.reliability import check_engine_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXTS = ["good", "bad film", "great acting , good", "awful boring bad plot", "a lovely film with fun and great acting",
-         "dull , bad and poor", "the plot was dull and the acting awful , boring from start to end", "fun"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny BERT without dropout (so batches, not random masks, decide the gradients) and sentiment CSVs."""
-    from transformers import BertConfig, BertForSequenceClassification
-
     from loraplus.models import load_tokenizer, resolve_model
 
     root = tmp_path_factory.mktemp("distributed")
     tokenizer = load_tokenizer(resolve_model("minilm"))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)
-    BertForSequenceClassification(cfg).save_pretrained(root / "bert")
-    tokenizer.save_pretrained(root / "bert")
-    for split, n in (("train", 32), ("dev", 16)):
-        with open(root / f"{split}.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=("text", "label"))
-            writer.writeheader()
-            writer.writerows({"text": TEXTS[(3 * i) % 8], "label": ("negative", "positive")[i % 2]} for i in range(n))
+    save_tiny_bert(root / "bert", tokenizer, dropout=0.0)
+    write_sentiment_csvs(root)
     return root
 
 

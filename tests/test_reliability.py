@@ -1,7 +1,6 @@
 """Crash-safe resume (kill -9, then `--resume_from_checkpoint latest`), checkpoint validation, safe loading
 and the NaN guard, through the `loraplus train` command on a tiny local BERT (dropout on, length grouping on)."""
 
-import csv
 import json
 import os
 import random
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_tiny_bert, write_sentiment_csvs
 from safetensors.torch import load_file
 
 from loraplus.cli import main
@@ -21,29 +21,17 @@ from loraplus.reliability import MARKER, NO_MARKER, check_checkpoint, latest_val
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_STEPS = 12  # 32 examples / batch 8 = 4 steps per epoch: kills land in epochs 0, 1 and 2
-TEXTS = ["good", "bad film", "great acting , good", "awful boring bad plot", "a lovely film with fun and great acting",
-         "dull , bad and poor", "the plot was dull and the acting awful , boring from start to end", "fun"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny BERT (hidden and attention dropout 0.1) and sentiment CSVs whose texts differ in length."""
-    from transformers import BertConfig, BertForSequenceClassification
-
     from loraplus.models import load_tokenizer, resolve_model
 
     root = tmp_path_factory.mktemp("reliability")
     tokenizer = load_tokenizer(resolve_model("minilm"))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=64)
-    BertForSequenceClassification(cfg).save_pretrained(root / "bert")
-    tokenizer.save_pretrained(root / "bert")
-    for split, n in (("train", 32), ("dev", 16)):
-        with open(root / f"{split}.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=("text", "label"))
-            writer.writeheader()
-            writer.writerows({"text": TEXTS[(3 * i) % 8], "label": ("negative", "positive")[i % 2]} for i in range(n))
+    save_tiny_bert(root / "bert", tokenizer)
+    write_sentiment_csvs(root)
     return root
 
 

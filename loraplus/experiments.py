@@ -1,0 +1,283 @@
+"""`loraplus compare` and `loraplus sweep`: LoRA vs LoRA+ each at its own tuned lr, and lr grids.
+
+Protocol (compare): each method's learning rate is chosen on a validation split that never sees the
+test split (tuning runs drop it), then every method re-runs at its chosen rate for each seed with the
+same data order and budget, evaluating on the test split as it trains. Only the adapter's learning
+rates differ between arms: heads and other non-adapter parameters train at one shared rate
+(`loraplus_lr_other`, default: LoRA's base learning rate), since a LoRA+ arm whose head inherits a
+small lr_A would lose for the wrong reason (DESIGN.md). Every run has its own folder; a folder with a
+summary.json is reused, so an interrupted compare or sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+from pathlib import Path
+
+from .config import TrainConfig, parse_train_args
+from .errors import LoraPlusError
+
+METHODS = {"lora": 1.0, "loraplus": None}  # None: the ratio from --ratios
+
+
+def _floats(flag: str, text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise LoraPlusError(f"{flag} takes comma-separated numbers, e.g. 1e-4,3e-4; got {text!r}") from e
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise LoraPlusError(f"{flag} needs numbers > 0, got {text!r}")
+    return values
+
+
+def _split_flags(argv: list[str], own: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """Separate this command's own flags from the `loraplus train` config and overrides."""
+    mine, rest, i = {}, [], 0
+    while i < len(argv):
+        if argv[i] in own:
+            if i + 1 >= len(argv):
+                raise LoraPlusError(f"{argv[i]} needs a value")
+            mine[argv[i]] = argv[i + 1]
+            i += 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    return mine, rest
+
+
+def _run(cfg: TrainConfig, *, role: str) -> dict:
+    """One training run, reused when its folder already holds a finished summary.json."""
+    from .pipeline import train
+
+    summary_file = Path(cfg.output_dir) / "summary.json"
+    if summary_file.is_file():
+        return json.loads(summary_file.read_text())
+    has_checkpoint = any(Path(cfg.output_dir).glob("checkpoint-*"))
+    cfg = dataclasses.replace(cfg, overwrite_output_dir=True,
+                              resume_from_checkpoint="latest" if has_checkpoint else None)
+    return train(cfg, tuning=role == "tune", eval_on_test=role == "final")
+
+
+def _metric_value(summary: dict, split: str) -> float | None:
+    prefix = {"validation": "eval", "test": "test"}[split]
+    return summary.get(split, {}).get(f"{prefix}_{summary['metric']}")
+
+
+def _curve(run_dir: str, metric: str) -> list[tuple[int, float]]:
+    from .plots import read_metrics
+
+    return [(r["step"], r[f"eval_{metric}"]) for r in read_metrics(Path(run_dir) / "metrics.jsonl")
+            if f"eval_{metric}" in r]
+
+
+def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: list[float], ratios: list[float],
+            output_dir: str) -> dict:
+    """Tune each method's lr on validation, re-run it per seed, and write report.md, curves.png, results.json."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise LoraPlusError(f"unknown method '{unknown[0]}'; use {', '.join(METHODS)}")
+    out = Path(output_dir)
+    lr_other = base.loraplus_lr_other or base.learning_rate  # one head lr for every arm
+    arms = {}
+    for method in methods:
+        for ratio in ([METHODS[method]] if METHODS[method] else ratios):
+            arms[f"{method}" if METHODS[method] else f"{method}_r{ratio:g}"] = ratio
+    results = {"protocol": {"lrs": lrs, "seeds": seeds, "lr_other": lr_other, "tuning_seed": seeds[0]}, "arms": {}}
+    for arm, ratio in arms.items():
+        tuning = {}
+        for lr in lrs:
+            cfg = dataclasses.replace(base, learning_rate=lr, loraplus_lr_ratio=ratio, loraplus_lr_other=lr_other,
+                                      seed=seeds[0], output_dir=str(out / "tune" / f"{arm}_lr{lr:g}"))
+            summary = _run(cfg, role="tune")
+            tuning[lr] = summary["best_metric"] if summary["best_metric"] is not None else float("nan")
+        greater = base.task == "classification"
+        chosen = _best(tuning, greater)
+        finals = {}
+        for seed in seeds:
+            cfg = dataclasses.replace(base, learning_rate=chosen, loraplus_lr_ratio=ratio, loraplus_lr_other=lr_other,
+                                      seed=seed, output_dir=str(out / "final" / f"{arm}_seed{seed}"))
+            finals[seed] = (_run(cfg, role="final"), cfg.output_dir)
+        metric = next(iter(finals.values()))[0]["metric"]
+        results["arms"][arm] = {
+            "ratio": ratio, "chosen_lr": chosen, "validation_by_lr": {f"{k:g}": v for k, v in tuning.items()},
+            "metric": metric,
+            "final": [_metric_value(s, "test") for s, _ in finals.values()],
+            "curves": {str(seed): _curve(d, metric) for seed, (_, d) in finals.items()},
+            "steps": [s["global_step"] for s, _ in finals.values()],
+        }
+    _speedups(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "report.md").write_text(report(results))
+    _plot_curves(results, out / "curves.png")
+    return results
+
+
+def _best(scores: dict[float, float], greater: bool) -> float:
+    finite = {k: v for k, v in scores.items() if not math.isnan(v)}
+    if not finite:
+        raise LoraPlusError("every tuning run diverged (no validation metric); try smaller --lrs")
+    return (max if greater else min)(finite, key=finite.get)
+
+
+def _mean_curve(curves: dict[str, list]) -> list[tuple[int, float]]:
+    steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves.values()))) if curves else []
+    return [(s, statistics.mean(dict(c)[s] for c in curves.values())) for s in steps]
+
+
+def _speedups(results: dict) -> None:
+    """Steps at which each arm's mean test curve first reaches tuned LoRA's mean final metric."""
+    lora = results["arms"].get("lora")
+    if not lora or None in lora["final"]:
+        return
+    target = statistics.mean(lora["final"])
+    for arm in results["arms"].values():
+        curve = _mean_curve(arm["curves"])
+        reached = next((s for s, v in curve if v >= target), None)
+        arm["steps_to_lora_final"] = reached
+    base_steps = lora.get("steps_to_lora_final")
+    for arm in results["arms"].values():
+        s = arm.get("steps_to_lora_final")
+        arm["speedup_vs_lora"] = base_steps / s if base_steps and s else None
+
+
+def _mean_std(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {std:.4f}"
+
+
+def report(results: dict) -> str:
+    """The Markdown report of a compare."""
+    p = results["protocol"]
+    lines = ["# LoRA vs LoRA+", "",
+             f"Learning rates tried per arm: {', '.join(f'{v:g}' for v in p['lrs'])}, chosen on validation "
+             f"(seed {p['tuning_seed']}, test split dropped); heads and other parameters at lr {p['lr_other']:g} "
+             f"in every arm; seeds {', '.join(map(str, p['seeds']))}.", "",
+             "| arm | ratio | chosen lr_A | final test (mean ± std) | best test over steps (mean ± std) | "
+             "steps to tuned LoRA's final | speed-up |", "|---|---|---|---|---|---|---|"]
+    for name, arm in results["arms"].items():
+        best = [max(v for _, v in c) for c in arm["curves"].values() if c]
+        speedup = f"{arm['speedup_vs_lora']:.2f}x" if arm.get("speedup_vs_lora") else "n/a"
+        lines.append(f"| {name} | {arm['ratio']:g} | {arm['chosen_lr']:g} | {_mean_std(arm['final'])} | "
+                     f"{_mean_std(best)} | {arm.get('steps_to_lora_final') or 'not reached'} | {speedup} |")
+    lines += ["", "Validation metric by learning rate (tuning runs):", ""]
+    for name, arm in results["arms"].items():
+        scores = ", ".join(f"{lr}: {v:.4f}" for lr, v in arm["validation_by_lr"].items())
+        lines.append(f"- {name}: {scores}")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_curves(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, arm in results["arms"].items():
+        curves = [c for c in arm["curves"].values() if c]
+        if not curves:
+            continue
+        steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
+        values = [[dict(c)[s] for s in steps] for c in curves]
+        mean = [statistics.mean(v) for v in zip(*values)]
+        lo, hi = [min(v) for v in zip(*values)], [max(v) for v in zip(*values)]
+        ax.plot(steps, mean, marker="o", label=f"{name} (lr_A {arm['chosen_lr']:g})")
+        ax.fill_between(steps, lo, hi, alpha=0.2)
+    ax.set(xlabel="optimizer step", ylabel=f"test {next(iter(results['arms'].values()))['metric']}",
+           title="test metric: mean and range over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sweep(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir: str) -> dict:
+    """One tuning run per (lr_A, ratio) cell; heatmap of the validation metric over (lr_A, lr_B)."""
+    out = Path(output_dir)
+    lr_other = base.loraplus_lr_other or base.learning_rate
+    cells = []
+    for lr in lrs:
+        for ratio in ratios:
+            cfg = dataclasses.replace(base, learning_rate=lr, loraplus_lr_ratio=ratio, loraplus_lr_other=lr_other,
+                                      output_dir=str(out / f"lr{lr:g}_ratio{ratio:g}"))
+            summary = _run(cfg, role="tune")
+            cells.append({"lr_A": lr, "ratio": ratio, "lr_B": lr * ratio, "metric": summary["metric"],
+                          "value": summary["best_metric"]})
+    scored = [c for c in cells if c["value"] is not None and math.isfinite(c["value"])]
+    greater = base.task == "classification"
+    best = (max if greater else min)(scored, key=lambda c: c["value"]) if scored else None
+    result = {"cells": cells, "best": best, "lr_other": lr_other}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(result, indent=1))
+    _plot_heatmap(cells, best, out / "heatmap.png")
+    return result
+
+
+def _plot_heatmap(cells: list[dict], best: dict | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    xs = [math.log10(c["lr_A"]) for c in cells]
+    ys = [math.log10(c["lr_B"]) for c in cells]
+    vs = [c["value"] if c["value"] is not None else float("nan") for c in cells]
+    sc = ax.scatter(xs, ys, c=vs, s=400, marker="s", cmap="viridis")
+    fig.colorbar(sc, label=f"validation {cells[0]['metric'] if cells else ''}")
+    lo, hi = min(xs + ys), max(xs + ys)
+    ax.plot([lo, hi], [lo, hi], "w--", label="ratio 1 (plain LoRA)")
+    if best:
+        ax.plot(math.log10(best["lr_A"]), math.log10(best["lr_B"]), "r*", markersize=18, label="best")
+    ax.set(xlabel="log10 lr_A", ylabel="log10 lr_B", title="final metric over (lr_A, lr_B)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main_compare(argv: list[str]) -> int:
+    """loraplus compare CONFIG [--methods lora,loraplus] [--seeds 1,2] [--lrs ...] [--ratios 16] [--key value]."""
+    mine, rest = _split_flags(argv, ("--methods", "--seeds", "--lrs", "--ratios", "--output_dir"))
+    base = parse_train_args(rest)
+    lrs = _floats("--lrs", mine.get("--lrs", ",".join(f"{base.learning_rate * f:g}" for f in (0.25, 0.5, 1, 2, 4))))
+    try:
+        seeds = [int(v) for v in mine.get("--seeds", "1,2").split(",") if v.strip()]
+    except ValueError as e:
+        raise LoraPlusError(f"--seeds takes comma-separated integers, e.g. 1,2; got {mine['--seeds']!r}") from e
+    if not seeds:
+        raise LoraPlusError("--seeds needs at least one integer seed")
+    ratios = _floats("--ratios", mine.get("--ratios", f"{base.loraplus_lr_ratio:g}"))
+    methods = [m.strip() for m in mine.get("--methods", "lora,loraplus").split(",") if m.strip()]
+    output_dir = mine.get("--output_dir", base.output_dir)
+    results = compare(base, methods=methods, seeds=seeds, lrs=lrs, ratios=ratios, output_dir=output_dir)
+    print(report(results))
+    print(f"report.md, curves.png and results.json in {output_dir}")
+    return 0
+
+
+def main_sweep(argv: list[str]) -> int:
+    """loraplus sweep CONFIG --lr 1e-4,3e-4 --ratio 1,4,16 [--key value ...]."""
+    mine, rest = _split_flags(argv, ("--lr", "--ratio", "--output_dir"))
+    base = parse_train_args(rest)
+    if "--lr" not in mine:
+        raise LoraPlusError("sweep needs --lr with comma-separated lr_A values, e.g. --lr 1e-4,3e-4,1e-3")
+    lrs = _floats("--lr", mine["--lr"])
+    ratios = _floats("--ratio", mine.get("--ratio", "1,4,16"))
+    output_dir = mine.get("--output_dir", base.output_dir)
+    result = sweep(base, lrs=lrs, ratios=ratios, output_dir=output_dir)
+    best = result["best"]
+    for c in result["cells"]:
+        print(f"lr_A {c['lr_A']:<8g} ratio {c['ratio']:<5g} lr_B {c['lr_B']:<9g} {c['metric']} {c['value']}")
+    if best:
+        print(f"best: lr_A {best['lr_A']:g}, ratio {best['ratio']:g} ({best['metric']} {best['value']:.4f})")
+    print(f"sweep.json and heatmap.png in {output_dir}")
+    return 0

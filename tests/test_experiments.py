@@ -1,0 +1,64 @@
+"""compare and sweep end to end on a tiny classifier: protocol, resumption, outputs."""
+
+import json
+
+import pytest
+
+from loraplus.cli import main
+
+BUDGET = ["--max_steps", "4", "--eval_steps", "2", "--per_device_train_batch_size", "8", "--report_to", "none",
+          "--logging_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, bert_dir, sentiment):
+    out = tmp_path_factory.mktemp("compare")
+    argv = ["compare", "--model_name_or_path", bert_dir, "--train_file", sentiment["train"],
+            "--test_file", sentiment["test"], "--output_dir", str(out), "--lrs", "1e-3,4e-3", "--seeds", "1,2",
+            "--ratios", "16", *BUDGET]
+    assert main(argv) == 0
+    return out, argv
+
+
+def test_compare_writes_report_curves_results(compared):
+    """compare writes a non-empty report.md, curves.png and results.json with both arms."""
+    out, _ = compared
+    assert (out / "report.md").read_text().startswith("# LoRA vs LoRA+")
+    assert (out / "curves.png").stat().st_size > 0
+    arms = json.loads((out / "results.json").read_text())["arms"]
+    assert set(arms) == {"lora", "loraplus_r16"} and all(len(a["final"]) == 2 for a in arms.values())
+
+
+def test_lr_never_chosen_on_test(compared):
+    """Tuning runs never load the test split; only the per-seed final runs score it."""
+    out, _ = compared
+    tuning = [json.loads(p.read_text()) for p in (out / "tune").glob("*/summary.json")]
+    finals = [json.loads(p.read_text()) for p in (out / "final").glob("*/summary.json")]
+    assert len(tuning) == 4 and all("test" not in s for s in tuning)
+    assert len(finals) == 4 and all("test" in s for s in finals)
+
+
+def test_compare_resumes_finished_runs(compared, capsys):
+    """Running compare again reuses every finished run: no run folder is retrained."""
+    out, argv = compared
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/summary.json")}
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*/summary.json")} == stamps
+
+
+def test_heads_share_one_lr_across_arms(compared):
+    """Every run trains the head at the same lr (LoRA's base lr), whatever its lr_A."""
+    out, _ = compared
+    import yaml
+
+    heads = {yaml.safe_load(p.read_text())["loraplus_lr_other"] for p in out.glob("*/*/config.yaml")}
+    assert len(heads) == 1
+
+
+def test_sweep_heatmap_and_best(tmp_path, bert_dir, sentiment):
+    """sweep runs one cell per (lr_A, ratio), writes the heatmap and names the best cell."""
+    assert main(["sweep", "--model_name_or_path", bert_dir, "--train_file", sentiment["train"], "--output_dir",
+                 str(tmp_path), "--lr", "1e-3,3e-3", "--ratio", "1,16", *BUDGET]) == 0
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(result["cells"]) == 4 and result["best"] in result["cells"]
+    assert (tmp_path / "heatmap.png").stat().st_size > 0
