@@ -46,7 +46,7 @@ def evaluate_run(run_dir: str, overrides: list[str] = ()) -> dict:
 
     from .data import collator_for
     from .metrics import compute_metrics_for
-    from .pipeline import prepare_data, score
+    from .pipeline import _cuda, prepare_data, score
 
     cfg, labels = load_run_config(run_dir, overrides)
     model, tokenizer = load_trained(run_dir, cfg, labels)
@@ -63,12 +63,6 @@ def evaluate_run(run_dir: str, overrides: list[str] = ()) -> dict:
         trainer.remove_callback(noisy)
     metrics = score(cfg, model, tokenizer, prepared.splits[split], prepared, trainer, prefix=split)
     return {"split": split, "examples": len(prepared.splits[split]), **metrics}
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def merge_run(run_dir: str, out_dir: str) -> Path:
