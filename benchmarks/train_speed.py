@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-LR, BATCH, SEED, MAX_LENGTH = 3e-3, 32, 42, 128
+LR, BATCH, MAX_LENGTH = 3e-3, 32, 128
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -45,7 +45,7 @@ def load_mnli(data: Path):
     return load_dataset("json", data_files=files)
 
 
-def baseline(data: Path, out: Path, *, pad_to_max: bool, max_steps: int) -> dict:
+def baseline(data: Path, out: Path, *, pad_to_max: bool, max_steps: int, seed: int) -> dict:
     """Plain PEFT + Trainer, written the way users write it today (HF run_glue style)."""
     import numpy as np
     from peft import LoraConfig, TaskType, get_peft_model
@@ -54,7 +54,7 @@ def baseline(data: Path, out: Path, *, pad_to_max: bool, max_steps: int) -> dict
 
     from loraplus.models import resolve_model
 
-    set_seed(SEED)
+    set_seed(seed)
     path = resolve_model("minilm")
     raw = load_mnli(data)
     names = sorted(set(raw["train"]["label"]))
@@ -73,7 +73,7 @@ def baseline(data: Path, out: Path, *, pad_to_max: bool, max_steps: int) -> dict
     args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=BATCH, per_device_eval_batch_size=64,
                              learning_rate=LR, num_train_epochs=1, max_steps=max_steps, warmup_steps=0.06,
                              lr_scheduler_type="linear", eval_strategy="no", save_strategy="no", report_to=[],
-                             logging_steps=50, seed=SEED, disable_tqdm=True, dataloader_pin_memory=False)
+                             logging_steps=50, seed=seed, disable_tqdm=True, dataloader_pin_memory=False)
     collator = default_data_collator if pad_to_max else DataCollatorWithPadding(tokenizer)
 
     def accuracy(p):
@@ -93,7 +93,7 @@ def baseline(data: Path, out: Path, *, pad_to_max: bool, max_steps: int) -> dict
     return out
 
 
-def loraplus_run(data: Path, out: Path, *, max_steps: int) -> dict:
+def loraplus_run(data: Path, out: Path, *, max_steps: int, seed: int, extra: list[str] = ()) -> dict:
     """`loraplus train` with the same settings (ratio 1: plain LoRA, same algorithm as the baselines)."""
     from loraplus.config import parse_train_args
     from loraplus.pipeline import train
@@ -104,9 +104,9 @@ def loraplus_run(data: Path, out: Path, *, max_steps: int) -> dict:
             "--loraplus_lr_ratio", "1", "--lora_r", "8", "--lora_alpha", "8", "--lora_dropout", "0",
             "--lora_target_modules", "query,value", "--per_device_train_batch_size", str(BATCH),
             "--num_train_epochs", "1", "--max_steps", str(max_steps), "--warmup_ratio", "0.06",
-            "--seed", str(SEED), "--report_to", "none", "--logging_steps", "50",
+            "--seed", str(seed), "--report_to", "none", "--logging_steps", "50",
             # time training alone, like the baselines: evaluate once after training
-            "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
+            "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false", *extra]
     summary = train(parse_train_args(argv))
     return {"train_seconds": summary["train_seconds"], "steps": summary["global_step"],
             "dev_accuracy": summary["validation"]["eval_accuracy"], "tokens_per_second": summary["tokens_per_second"]}
@@ -122,44 +122,92 @@ def non_embedding_params() -> int:
     return sum(p.numel() for p in model.parameters()) - embed
 
 
+ARMS = {
+    "padded": "PEFT + Trainer, pad to 128 (run_glue style)",
+    "dynamic": "PEFT + Trainer, dynamic padding",
+    "loraplus": "`loraplus train` (dynamic padding, length-grouped batches, CPU dropout masks)",
+    # ablation: what the cheaper CPU dropout masks give (loraplus/fast_dropout.py)
+    "loraplus_torch_dropout": "`loraplus train --fast_cpu_dropout false` (torch's own dropout)",
+}
+TIMING_ONLY = ("padded", "loraplus_torch_dropout")  # one seed each: a timing reference, not an accuracy claim
+
+
+def run_arm(arm: str, data: Path, work: Path, *, max_steps: int, seed: int) -> dict:
+    out = work / f"{arm}_seed{seed}"
+    if arm.startswith("loraplus"):
+        extra = ["--fast_cpu_dropout", "false"] if arm == "loraplus_torch_dropout" else []
+        return loraplus_run(data, out, max_steps=max_steps, seed=seed, extra=extra)
+    return baseline(data, out, pad_to_max=arm == "padded", max_steps=max_steps, seed=seed)
+
+
+def summarise(runs: list[dict]) -> dict:
+    """One arm over its seeds: median train seconds (timing), mean and std of dev accuracy."""
+    accuracy = [r["dev_accuracy"] for r in runs]
+    return {"runs": runs, "train_seconds": statistics.median(r["train_seconds"] for r in runs),
+            "steps": runs[0]["steps"], "dev_accuracy_mean": statistics.mean(accuracy),
+            "dev_accuracy_std": statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with train.jsonl and dev.jsonl (MNLI)")
     parser.add_argument("--max_steps", type=int, default=-1, help="cut the epoch short (smoke runs)")
     parser.add_argument("--work", type=Path, default=Path("bench-runs"))
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    parser.add_argument("--arms", default="padded,dynamic,loraplus")
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--seeds", default="42,43,44",
+                        help="every arm but 'padded' runs each seed (accuracy: mean and std; time: median)")
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    results = {"matmul_gflops_fp32": matmul_gflops(), "threads": torch.get_num_threads()}
+    seeds = [int(v) for v in args.seeds.split(",")]
     arms = args.arms.split(",")
+    torch.manual_seed(0)
+    rates = [matmul_gflops()]
+    results = {"threads": torch.get_num_threads(), "seeds": seeds, "lr": LR, "batch": BATCH}
     for arm in arms:
-        print(f"running {arm} ...", file=sys.stderr, flush=True)
-        if arm == "loraplus":
-            results[arm] = loraplus_run(args.data, args.work / arm, max_steps=args.max_steps)
-        else:
-            results[arm] = baseline(args.data, args.work / arm, pad_to_max=arm == "padded", max_steps=args.max_steps)
+        runs = []
+        for seed in seeds[:1] if arm in TIMING_ONLY else seeds:
+            print(f"running {arm}, seed {seed} ...", file=sys.stderr, flush=True)
+            runs.append(run_arm(arm, args.data, args.work, max_steps=args.max_steps, seed=seed))
+        results[arm] = summarise(runs)
+    rates.append(matmul_gflops())  # before and after: a drifting machine shows up as two different rates
+    results["matmul_gflops_fp32"] = statistics.mean(rates)
+    results["matmul_gflops_fp32_before_after"] = rates
     n = non_embedding_params()
     results["non_embedding_params"] = n
-    real = next((results[a]["real_tokens"] for a in arms if "real_tokens" in results[a]), None)
+    real = next((results[a]["runs"][0]["real_tokens"] for a in arms if "real_tokens" in results[a]["runs"][0]), None)
     if real is None:
-        real = results["loraplus"]["tokens_per_second"] * results["loraplus"]["train_seconds"]
+        run = results["loraplus"]["runs"][0]
+        real = run["tokens_per_second"] * run["train_seconds"]
     if args.max_steps > 0:  # a cut epoch sees a fraction of the tokens
-        real *= args.max_steps * BATCH / next(r["examples_per_epoch"] for a, r in results.items()
-                                               if isinstance(r, dict) and "examples_per_epoch" in r)
+        examples = next(results[a]["runs"][0]["examples_per_epoch"] for a in arms
+                        if "examples_per_epoch" in results[a]["runs"][0])
+        real *= args.max_steps * BATCH / examples
+    results["real_tokens"] = real
     for arm in arms:
         r = results[arm]
         r["gflops_on_real_tokens"] = 4 * n * real / r["train_seconds"] / 1e9
         r["fraction_of_matmul_rate"] = r["gflops_on_real_tokens"] / results["matmul_gflops_fp32"]
-    base = results["loraplus"]["train_seconds"] if "loraplus" in results else None
-    if base:
+    if "loraplus" in results:
         for arm in arms:
-            results[arm]["speedup_of_loraplus"] = results[arm]["train_seconds"] / base
+            results[arm]["speedup_of_loraplus"] = results[arm]["train_seconds"] / results["loraplus"]["train_seconds"]
     print(json.dumps(results, indent=1))
+    print(table(results, arms))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))
     return 0
+
+
+def table(results: dict, arms: list[str]) -> str:
+    """The Markdown table of the results README."""
+    lines = ["| arm | train s / epoch (median) | speed-up of loraplus | dev accuracy (mean ± std) | seeds | "
+             "GFLOP/s on real tokens | of matmul rate |", "|---|---|---|---|---|---|---|"]
+    for arm in arms:
+        r = results[arm]
+        lines.append(f"| {ARMS.get(arm, arm)} | {r['train_seconds']:.1f} | {r.get('speedup_of_loraplus', 0):.2f}x | "
+                     f"{100 * r['dev_accuracy_mean']:.1f}% ± {100 * r['dev_accuracy_std']:.1f} | {len(r['runs'])} | "
+                     f"{r['gflops_on_real_tokens']:.1f} | {100 * r['fraction_of_matmul_rate']:.0f}% |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

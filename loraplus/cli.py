@@ -20,6 +20,9 @@ commands:
                                           each method at its own tuned lr, then per seed: report, curves
   sweep CONFIG --lr 1e-4,3e-4 [--ratio 1,4,16] [--key value ...]
                                           one run per (lr_A, ratio): heatmap over (lr_A, lr_B)
+  tune [CONFIG.yaml] [--lrs ...] [--ratios 1,2,4,8,16,32] [--budget STEPS] [--eta 3] [--output_dir D] [--key value ...]
+                                          choose (lr_A, ratio) by successive halving on a validation split
+                                          of the training data; writes tuned_config.yaml for `train`
   toy [--widths 128,512 --steps N ...]    the paper's toy model: loss over (lr_A, lr_B) per width
   diagnose RUN_DIR [RUN_DIR ...]          delta_A vs delta_B over training (needs --feature_learning_steps)
 """
@@ -118,8 +121,14 @@ def _sweep(argv: list[str]) -> int:
     return main_sweep(argv)
 
 
+def _tune(argv: list[str]) -> int:
+    from .tune import main_tune
+
+    return main_tune(argv)
+
+
 COMMANDS = {"train": _train, "eval": _eval, "merge": _merge, "demo": _demo, "toy": _toy, "diagnose": _diagnose,
-            "compare": _compare, "sweep": _sweep}
+            "compare": _compare, "sweep": _sweep, "tune": _tune}
 
 
 def main(argv: list[str] | None = None) -> int:

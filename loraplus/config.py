@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import enum
 import functools
+import math
 import os
 import tempfile
 import types
@@ -99,6 +100,8 @@ class TrainConfig:
     overwrite_output_dir: bool = _f(False, "allow writing into a non-empty output_dir", _T)
     bf16: str = _f("auto", "bfloat16 mixed precision: auto (if the GPU supports it) | true | false", _T)
     group_by_length: bool = _f(True, "batch examples of similar length together (less padding)", _T)
+    fast_cpu_dropout: bool = _f(True, "on CPUs, draw the model's dropout masks four per random 64-bit word "
+                                "(same keep rate, cheaper); false = torch's own dropout", _T)
     feature_learning_steps: int | None = _f(None, "every K steps log delta_A / delta_B per LoRA layer to "
                                             "feature_learning.jsonl (none = off); see `loraplus diagnose`", _T)
     report_to: list[str] = _f(["tensorboard"], "logging integrations, e.g. tensorboard,wandb, or none", _T)
@@ -228,6 +231,32 @@ def parse_train_args(argv: Sequence[str]) -> TrainConfig:
         _fail(f"more than one config file given ({', '.join(paths)}); pass one YAML file, override with --key value")
     raw = {_norm(k): v for k, v in (_read_yaml(paths[0]) if paths else {}).items()}
     return TrainConfig.from_dict({**raw, **flags})
+
+
+def split_flags(argv: Sequence[str], own: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """Separate a command's own flags (compare, sweep, tune) from the `loraplus train` config and overrides."""
+    mine, rest, i = {}, [], 0
+    while i < len(argv):
+        if argv[i] in own:
+            if i + 1 >= len(argv):
+                _fail(f"{argv[i]} needs a value")
+            mine[argv[i]] = argv[i + 1]
+            i += 2
+        else:
+            rest.append(argv[i])
+            i += 1
+    return mine, rest
+
+
+def parse_floats(flag: str, text: str) -> list[float]:
+    """The comma-separated positive numbers of a flag's value (`--lrs 1e-4,3e-4`), or a one-line error."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise LoraPlusError(f"{flag} takes comma-separated numbers, e.g. 1e-4,3e-4; got {text!r}") from e
+    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+        _fail(f"{flag} needs numbers > 0, got {text!r}")
+    return values
 
 
 def train_help() -> str:

@@ -17,48 +17,11 @@ import math
 import statistics
 from pathlib import Path
 
-from .config import TrainConfig, parse_train_args
+from .config import TrainConfig, parse_floats, parse_train_args, split_flags
 from .errors import LoraPlusError
+from .runs import train_or_reuse
 
 METHODS = {"lora": 1.0, "loraplus": None}  # None: the ratio from --ratios
-
-
-def _floats(flag: str, text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise LoraPlusError(f"{flag} takes comma-separated numbers, e.g. 1e-4,3e-4; got {text!r}") from e
-    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
-        raise LoraPlusError(f"{flag} needs numbers > 0, got {text!r}")
-    return values
-
-
-def _split_flags(argv: list[str], own: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
-    """Separate this command's own flags from the `loraplus train` config and overrides."""
-    mine, rest, i = {}, [], 0
-    while i < len(argv):
-        if argv[i] in own:
-            if i + 1 >= len(argv):
-                raise LoraPlusError(f"{argv[i]} needs a value")
-            mine[argv[i]] = argv[i + 1]
-            i += 2
-        else:
-            rest.append(argv[i])
-            i += 1
-    return mine, rest
-
-
-def _run(cfg: TrainConfig, *, role: str) -> dict:
-    """One training run, reused when its folder already holds a finished summary.json."""
-    from .pipeline import train
-
-    summary_file = Path(cfg.output_dir) / "summary.json"
-    if summary_file.is_file():
-        return json.loads(summary_file.read_text())
-    has_checkpoint = any(Path(cfg.output_dir).glob("checkpoint-*"))
-    cfg = dataclasses.replace(cfg, overwrite_output_dir=True,
-                              resume_from_checkpoint="latest" if has_checkpoint else None)
-    return train(cfg, tuning=role == "tune", eval_on_test=role == "final")
 
 
 def _metric_value(summary: dict, split: str) -> float | None:
@@ -91,7 +54,7 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
         for lr in lrs:
             cfg = dataclasses.replace(base, learning_rate=lr, loraplus_lr_ratio=ratio, loraplus_lr_other=lr_other,
                                       seed=seeds[0], output_dir=str(out / "tune" / f"{arm}_lr{lr:g}"))
-            summary = _run(cfg, role="tune")
+            summary = train_or_reuse(cfg, role="tune")
             tuning[lr] = summary["best_metric"] if summary["best_metric"] is not None else float("nan")
         greater = base.task == "classification"
         chosen = _best(tuning, greater)
@@ -99,7 +62,7 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
         for seed in seeds:
             cfg = dataclasses.replace(base, learning_rate=chosen, loraplus_lr_ratio=ratio, loraplus_lr_other=lr_other,
                                       seed=seed, output_dir=str(out / "final" / f"{arm}_seed{seed}"))
-            finals[seed] = (_run(cfg, role="final"), cfg.output_dir)
+            finals[seed] = (train_or_reuse(cfg, role="final"), cfg.output_dir)
         metric = next(iter(finals.values()))[0]["metric"]
         results["arms"][arm] = {
             "ratio": ratio, "chosen_lr": chosen, "validation_by_lr": {f"{k:g}": v for k, v in tuning.items()},
@@ -208,7 +171,7 @@ def sweep(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_di
         for ratio in ratios:
             cfg = dataclasses.replace(base, learning_rate=lr, loraplus_lr_ratio=ratio, loraplus_lr_other=lr_other,
                                       output_dir=str(out / f"lr{lr:g}_ratio{ratio:g}"))
-            summary = _run(cfg, role="tune")
+            summary = train_or_reuse(cfg, role="tune")
             cells.append({"lr_A": lr, "ratio": ratio, "lr_B": lr * ratio, "metric": summary["metric"],
                           "value": summary["best_metric"]})
     scored = [c for c in cells if c["value"] is not None and math.isfinite(c["value"])]
@@ -246,16 +209,17 @@ def _plot_heatmap(cells: list[dict], best: dict | None, path: Path) -> None:
 
 def main_compare(argv: list[str]) -> int:
     """loraplus compare CONFIG [--methods lora,loraplus] [--seeds 1,2] [--lrs ...] [--ratios 16] [--key value]."""
-    mine, rest = _split_flags(argv, ("--methods", "--seeds", "--lrs", "--ratios", "--output_dir"))
+    mine, rest = split_flags(argv, ("--methods", "--seeds", "--lrs", "--ratios", "--output_dir"))
     base = parse_train_args(rest)
-    lrs = _floats("--lrs", mine.get("--lrs", ",".join(f"{base.learning_rate * f:g}" for f in (0.25, 0.5, 1, 2, 4))))
+    lrs = parse_floats("--lrs", mine.get("--lrs",
+                                         ",".join(f"{base.learning_rate * f:g}" for f in (0.25, 0.5, 1, 2, 4))))
     try:
         seeds = [int(v) for v in mine.get("--seeds", "1,2").split(",") if v.strip()]
     except ValueError as e:
         raise LoraPlusError(f"--seeds takes comma-separated integers, e.g. 1,2; got {mine['--seeds']!r}") from e
     if not seeds:
         raise LoraPlusError("--seeds needs at least one integer seed")
-    ratios = _floats("--ratios", mine.get("--ratios", f"{base.loraplus_lr_ratio:g}"))
+    ratios = parse_floats("--ratios", mine.get("--ratios", f"{base.loraplus_lr_ratio:g}"))
     methods = [m.strip() for m in mine.get("--methods", "lora,loraplus").split(",") if m.strip()]
     output_dir = mine.get("--output_dir", base.output_dir)
     results = compare(base, methods=methods, seeds=seeds, lrs=lrs, ratios=ratios, output_dir=output_dir)
@@ -266,12 +230,12 @@ def main_compare(argv: list[str]) -> int:
 
 def main_sweep(argv: list[str]) -> int:
     """loraplus sweep CONFIG --lr 1e-4,3e-4 --ratio 1,4,16 [--key value ...]."""
-    mine, rest = _split_flags(argv, ("--lr", "--ratio", "--output_dir"))
+    mine, rest = split_flags(argv, ("--lr", "--ratio", "--output_dir"))
     base = parse_train_args(rest)
     if "--lr" not in mine:
         raise LoraPlusError("sweep needs --lr with comma-separated lr_A values, e.g. --lr 1e-4,3e-4,1e-3")
-    lrs = _floats("--lr", mine["--lr"])
-    ratios = _floats("--ratio", mine.get("--ratio", "1,4,16"))
+    lrs = parse_floats("--lr", mine["--lr"])
+    ratios = parse_floats("--ratio", mine.get("--ratio", "1,4,16"))
     output_dir = mine.get("--output_dir", base.output_dir)
     result = sweep(base, lrs=lrs, ratios=ratios, output_dir=output_dir)
     best = result["best"]

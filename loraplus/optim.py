@@ -166,9 +166,10 @@ def guard_resume(optimizer: torch.optim.Optimizer) -> None:
     """
     if not hasattr(optimizer, "register_load_state_dict_pre_hook"):  # torch < 2.2: nothing to hook
         return
-    current = _group_layout(optimizer.param_groups)
-
     def check(opt, state_dict):
+        # Read at load time, not build time: DeepSpeed ZeRO flattens each group into one tensor after the
+        # optimizer is built, and its checkpoints hold that flat layout.
+        current = _group_layout(opt.param_groups)
         saved = state_dict.get("param_groups", [])
         names = [g.get("name") for g in saved]
         layout = [(g.get("name"), len(g["params"])) for g in saved]

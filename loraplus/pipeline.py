@@ -120,9 +120,14 @@ def build_model(cfg: TrainConfig, model_path: str, prepared: PreparedData, token
     model = load_model(model_path, task=cfg.task, num_labels=len(id2label) if id2label else None,
                        id2label=id2label, problem_type="regression" if prepared.is_regression else None,
                        pad_token_id=tokenizer.pad_token_id, allow_pickle=cfg.allow_pickle)
-    return attach_lora(model, task=cfg.task, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                       target_modules=cfg.lora_target_modules, use_dora=cfg.use_dora,
-                       use_rslora=cfg.use_rslora, modules_to_save=cfg.modules_to_save)
+    model = attach_lora(model, task=cfg.task, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                        target_modules=cfg.lora_target_modules, use_dora=cfg.use_dora,
+                        use_rslora=cfg.use_rslora, modules_to_save=cfg.modules_to_save)
+    if cfg.fast_cpu_dropout:  # same dropout, cheaper masks on CPUs; GPUs keep torch's own (fast_dropout.py)
+        from .fast_dropout import use_cpu_dropout
+
+        use_cpu_dropout(model.get_base_model())
+    return model
 
 
 def best_metric(cfg: TrainConfig, prepared: PreparedData) -> tuple[str, bool]:

@@ -7,11 +7,16 @@ from pathlib import Path
 
 
 def read_metrics(path) -> list[dict]:
-    """The records of a metrics.jsonl file (an empty list when it does not exist)."""
+    """The records logged during training in a metrics.jsonl file (an empty list when it does not exist).
+
+    Scores taken after training (marked `after_training`) are left out: they belong to summary.json,
+    and may be of another split than the periodic evaluations.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if not r.get("after_training")]
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:

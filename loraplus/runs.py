@@ -1,12 +1,31 @@
-"""Use a finished run folder: reload base + adapter, score it on a split, or merge it into one model."""
+"""Use a run folder: train it or reuse it when finished, reload base + adapter, score it, or merge it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from .config import TrainConfig, parse_train_args
 from .errors import LoraPlusError
+
+
+def train_or_reuse(cfg: TrainConfig, *, role: str) -> dict:
+    """One training run, reused when its folder already holds a finished summary.json.
+
+    role "tune": the test split is dropped (a run that helps choose hyperparameters); "final": it is
+    evaluated on the test split while training; anything else: a plain `loraplus train` run. A folder
+    with checkpoints but no summary resumes.
+    """
+    from .pipeline import train
+
+    summary_file = Path(cfg.output_dir) / "summary.json"
+    if summary_file.is_file():
+        return json.loads(summary_file.read_text())
+    has_checkpoint = any(Path(cfg.output_dir).glob("checkpoint-*"))
+    cfg = dataclasses.replace(cfg, overwrite_output_dir=True,
+                              resume_from_checkpoint="latest" if has_checkpoint else None)
+    return train(cfg, tuning=role == "tune", eval_on_test=role == "final")
 
 
 def load_run_config(run_dir: str, overrides: list[str] = ()) -> tuple[TrainConfig, dict]:

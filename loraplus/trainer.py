@@ -112,6 +112,7 @@ class JsonlMetricsCallback(TrainerCallback):
     def __init__(self, path):
         self.path = path
         self._lrs: dict[str, float] = {}
+        self._trained = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         # A run resumed from checkpoint-N replays the steps after N: drop their records (and the end-of-
@@ -128,10 +129,17 @@ class JsonlMetricsCallback(TrainerCallback):
         if optimizer is not None:
             self._lrs = {g.get("name"): g["lr"] for g in optimizer.param_groups}
 
+    def on_train_end(self, args, state, control, **kwargs):
+        self._trained = True
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
         record = {"step": state.global_step, "epoch": state.epoch, **logs}
+        if self._trained:
+            # Scores of the final (or best) model taken after training, on whichever split the caller asks:
+            # marked, so no curve mistakes them for one more point of the evaluation set's series.
+            record["after_training"] = True
         if "loss" in logs and "lora_A" in self._lrs:
             record["lr_A"] = self._lrs["lora_A"]
             record["lr_B"] = self._lrs.get("lora_B")
@@ -145,7 +153,7 @@ def _keep_record(line: str, step: int) -> bool:
         record = json.loads(line)
     except ValueError:  # a line cut short by the crash
         return False
-    return record.get("step", 0) <= step and "train_runtime" not in record
+    return record.get("step", 0) <= step and "train_runtime" not in record and "after_training" not in record
 
 
 class NonFiniteGradientError(LoraPlusError):

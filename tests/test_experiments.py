@@ -62,3 +62,15 @@ def test_sweep_heatmap_and_best(tmp_path, bert_dir, sentiment):
     result = json.loads((tmp_path / "sweep.json").read_text())
     assert len(result["cells"]) == 4 and result["best"] in result["cells"]
     assert (tmp_path / "heatmap.png").stat().st_size > 0
+
+
+def test_test_curves_hold_only_test_scores(compared):
+    """A final run's curve is its periodic test evaluations, one point per eval step; the last equals the
+    run's final test score (the validation score taken after training is not one more point)."""
+    out, _ = compared
+    arms = json.loads((out / "results.json").read_text())["arms"]
+    for name, arm in arms.items():
+        for seed, curve in arm["curves"].items():
+            assert [step for step, _ in curve] == [2, 4]
+            summary = json.loads((out / "final" / f"{name}_seed{seed}" / "summary.json").read_text())
+            assert curve[-1][1] == pytest.approx(summary["test"]["test_accuracy"])
