@@ -98,15 +98,20 @@ def successive_halving(cells: list[Cell], rungs: list[Rung], score: Callable[[Ce
     """Score every cell of rung 0, keep the best n_{k+1}, and so on; return every result and the chosen cell.
 
     score(cell, rung, steps) is the validation metric of that cell trained for `steps` (None or NaN:
-    diverged; such a cell never survives). Ties keep the earlier cell.
+    diverged; such a cell never survives), or (metric, validation loss): short runs often tie on
+    accuracy (every cell still predicting the majority class), and the loss then ranks them. Remaining
+    ties keep the earlier cell.
     """
     alive, records = list(cells), []
     for k, rung in enumerate(rungs):
-        scored = [(cell, score(cell, k, rung.steps)) for cell in alive]
+        results = {cell: score(cell, k, rung.steps) for cell in alive}
+        tiebreak = {cell: r[1] if isinstance(r, tuple) else 0.0 for cell, r in results.items()}
+        scored = [(cell, r[0] if isinstance(r, tuple) else r) for cell, r in results.items()]
         finite = [(cell, v) for cell, v in scored if v is not None and math.isfinite(v)]
         if not finite:
             raise LoraPlusError(f"every run of rung {k} diverged or has no validation metric; try smaller --lrs")
-        ranked = sorted(finite, key=lambda cv: -cv[1] if greater else cv[1])  # stable: ties keep grid order
+        # stable sort: full ties keep grid order
+        ranked = sorted(finite, key=lambda cv: (-cv[1] if greater else cv[1], tiebreak[cv[0]]))
         keep = rungs[k + 1].cells if k + 1 < len(rungs) else 1
         alive = [cell for cell, _ in ranked[:keep]]
         records += [{"rung": k, "steps": rung.steps, "lr": cell[0], "ratio": cell[1], "value": v,
@@ -165,7 +170,8 @@ def tune(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir
         shown = f"validation {summary['metric']} {value:.4f}" if value is not None else "diverged"
         print(f"rung {rung} [{done:>{len(str(n))}}/{n}] lr_A {cell[0]:<8g} ratio {cell[1]:<4g} {steps} steps: "
               + shown + (" (reused)" if reused else ""), flush=True)
-        return value
+        loss = summary.get("validation", {}).get("eval_loss")
+        return value, loss if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
 
     try:
         records, chosen = successive_halving(cells, rungs, score, greater=greater)

@@ -44,6 +44,17 @@ def test_halving_keeps_the_best_third_of_each_rung(greater):
     assert chosen == max(cells, key=quality.get)
 
 
+def test_accuracy_ties_are_ranked_by_validation_loss():
+    """Short runs that tie on accuracy (all predicting the majority class) survive by lower validation loss."""
+    cells = [(1e-3, 1), (1e-3, 4), (1e-3, 16), (1e-3, 32)]
+    loss = {(1e-3, 1): 1.10, (1e-3, 4): 1.08, (1e-3, 16): 1.02, (1e-3, 32): 1.05}
+    records, chosen = successive_halving(cells, [Rung(4, 1), Rung(2, 2)], lambda c, k, s: (0.33, loss[c]),
+                                         greater=True)
+    assert [(r["ratio"], r["kept"]) for r in records if r["rung"] == 0] == [(1, False), (4, False), (16, True),
+                                                                            (32, True)]
+    assert chosen == (1e-3, 16)
+
+
 def test_diverged_cells_never_survive():
     """A cell without a finite validation metric is never kept, even when fewer finite cells than places remain."""
     cells = [(1e-3, 1), (1e-3, 4), (1e-3, 16), (1e-3, 32)]
