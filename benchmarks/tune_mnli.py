@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,7 +57,8 @@ def final_run(tuned_config: str, work: Path, final_steps: int | None) -> dict:
     summary = train_or_reuse(cfg, role="train")
     return {"learning_rate": cfg.learning_rate, "loraplus_lr_ratio": cfg.loraplus_lr_ratio,
             "dev_accuracy": summary["test"]["test_accuracy"], "validation_accuracy": summary["best_metric"],
-            "steps": summary["global_step"], "train_seconds": summary["train_seconds"], "run_dir": cfg.output_dir}
+            "steps": summary["global_step"], "train_seconds": summary["train_seconds"],
+            "run_dir": os.path.relpath(cfg.output_dir, REPO)}
 
 
 def main(argv: list[str] | None = None) -> int:

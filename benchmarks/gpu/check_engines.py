@@ -125,7 +125,9 @@ def run_engine(engine: str, args) -> dict:
         result = json.loads(found.read_text())
     else:
         result = {"engine": engine, "checks": {"run": [False, f"no probe result (exit {code}): {first_error(log)}"]}}
-    result.update(engine=engine, seconds=seconds, exit=code, command=" ".join(cmd))
+    # The launch as it ran, without this machine's folders (the record is committed to results/)
+    shown = " ".join(cmd).replace(os.getcwd() + os.sep, "").replace(str(folder.parent), "$TMPDIR/loraplus-engines")
+    result.update(engine=engine, seconds=seconds, exit=code, command=shown)
     result["passed"] = bool(result["checks"]) and all(ok for ok, _ in result["checks"].values())
     return result
 
