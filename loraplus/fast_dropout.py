@@ -55,7 +55,8 @@ def sdpa_cpu_dropout(module, query, key, value, attention_mask, dropout: float =
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+    # Unknown modules count as causal, as in transformers' own SDPA path: they keep SDPA, never lose a mask.
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     grouped = getattr(module, "num_key_value_groups", 1) > 1
     if dropout <= 0 or query.device.type != "cpu" or causal or grouped or kwargs.get("position_bias") is not None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -80,8 +81,8 @@ def use_cpu_dropout(model: nn.Module) -> int:
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     swapped = 0
-    for module in model.modules():
-        for name, child in module.named_children():
+    for module in list(model.modules()):  # listed first: the loop replaces children as it goes
+        for name, child in list(module.named_children()):
             if type(child) is nn.Dropout and child.p > 0:
                 setattr(module, name, CpuDropout(child.p, child.inplace))
                 swapped += 1
