@@ -248,6 +248,11 @@ def split_flags(argv: Sequence[str], own: tuple[str, ...]) -> tuple[dict[str, st
     return mine, rest
 
 
+def lr_grid(given: str | None, learning_rate: float) -> list[float]:
+    """The --lrs grid of compare and tune: the given values, else the config's learning_rate x 1/4 .. 4."""
+    return parse_floats("--lrs", given or ",".join(f"{learning_rate * f:g}" for f in (0.25, 0.5, 1, 2, 4)))
+
+
 def parse_floats(flag: str, text: str) -> list[float]:
     """The comma-separated positive numbers of a flag's value (`--lrs 1e-4,3e-4`), or a one-line error."""
     try:

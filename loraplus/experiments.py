@@ -17,7 +17,7 @@ import math
 import statistics
 from pathlib import Path
 
-from .config import TrainConfig, parse_floats, parse_train_args, split_flags
+from .config import TrainConfig, lr_grid, parse_floats, parse_train_args, split_flags
 from .errors import LoraPlusError
 from .runs import train_or_reuse
 
@@ -211,8 +211,7 @@ def main_compare(argv: list[str]) -> int:
     """loraplus compare CONFIG [--methods lora,loraplus] [--seeds 1,2] [--lrs ...] [--ratios 16] [--key value]."""
     mine, rest = split_flags(argv, ("--methods", "--seeds", "--lrs", "--ratios", "--output_dir"))
     base = parse_train_args(rest)
-    lrs = parse_floats("--lrs", mine.get("--lrs",
-                                         ",".join(f"{base.learning_rate * f:g}" for f in (0.25, 0.5, 1, 2, 4))))
+    lrs = lr_grid(mine.get("--lrs"), base.learning_rate)
     try:
         seeds = [int(v) for v in mine.get("--seeds", "1,2").split(",") if v.strip()]
     except ValueError as e:

@@ -41,11 +41,10 @@ from pathlib import Path
 
 import yaml
 
-from .config import TrainConfig, parse_floats, parse_train_args, split_flags
+from .config import TrainConfig, lr_grid, parse_floats, parse_train_args, split_flags
 from .errors import LoraPlusError
 from .runs import train_or_reuse
 
-LR_FACTORS = (0.25, 0.5, 1, 2, 4)  # default lr_A grid, times the config's learning_rate (as compare)
 RATIOS = (1, 2, 4, 8, 16, 32)  # default ratio grid: plain LoRA up to twice the paper's 2^4
 BUDGET_RUNS = 4  # default budget: the optimizer steps of this many training runs as configured
 OWN_FLAGS = ("--lrs", "--ratios", "--budget", "--eta", "--output_dir")
@@ -367,7 +366,7 @@ def main_tune(argv: list[str]) -> int:
         return 0
     mine, rest = split_flags(argv, OWN_FLAGS)
     base = parse_train_args(rest)
-    lrs = parse_floats("--lrs", mine.get("--lrs", ",".join(f"{base.learning_rate * f:g}" for f in LR_FACTORS)))
+    lrs = lr_grid(mine.get("--lrs"), base.learning_rate)
     ratios = parse_floats("--ratios", mine.get("--ratios", ",".join(map(str, RATIOS))))
     budget = _positive_int("--budget", mine["--budget"]) if "--budget" in mine else None
     eta = _positive_int("--eta", mine.get("--eta", "3"))
