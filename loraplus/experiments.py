@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .config import TrainConfig, lr_grid, parse_floats, parse_train_args, split_flags
 from .errors import LoraPlusError
-from .runs import train_or_reuse
+from .runs import run_cell
 
 METHODS = {"lora": 1.0, "loraplus": None}  # None: the ratio from --ratios
 
@@ -52,9 +52,10 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
     for arm, ratio in arms.items():
         tuning = {}
         for lr in lrs:
+            # test_file=None: a tuning run has no business opening the test data at all
             cfg = dataclasses.replace(base, learning_rate=lr, loraplus_lr_ratio=ratio, loraplus_lr_other=lr_other,
-                                      seed=seeds[0], output_dir=str(out / "tune" / f"{arm}_lr{lr:g}"))
-            summary = train_or_reuse(cfg, role="tune")
+                                      seed=seeds[0], test_file=None, output_dir=str(out / "tune" / f"{arm}_lr{lr:g}"))
+            summary = run_cell(cfg, role="tune")
             tuning[lr] = summary["best_metric"] if summary["best_metric"] is not None else float("nan")
         greater = base.task == "classification"
         chosen = _best(tuning, greater)
@@ -62,13 +63,14 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
         for seed in seeds:
             cfg = dataclasses.replace(base, learning_rate=chosen, loraplus_lr_ratio=ratio, loraplus_lr_other=lr_other,
                                       seed=seed, output_dir=str(out / "final" / f"{arm}_seed{seed}"))
-            finals[seed] = (train_or_reuse(cfg, role="final"), cfg.output_dir)
-        metric = next(iter(finals.values()))[0]["metric"]
+            finals[seed] = (run_cell(cfg, role="final"), cfg.output_dir)
+        metric = next((s["metric"] for s, _ in finals.values() if s["metric"]), None)
         results["arms"][arm] = {
             "ratio": ratio, "chosen_lr": chosen, "validation_by_lr": {f"{k:g}": v for k, v in tuning.items()},
             "metric": metric,
             "final": [_metric_value(s, "test") for s, _ in finals.values()],
-            "curves": {str(seed): _curve(d, metric) for seed, (_, d) in finals.items()},
+            "curves": {str(seed): _curve(d, metric) for seed, (s, d) in finals.items() if not s.get("diverged")},
+            "diverged_seeds": [seed for seed, (s, _) in finals.items() if s.get("diverged")],
             "steps": [s["global_step"] for s, _ in finals.values()],
         }
     _speedups(results)
@@ -171,9 +173,9 @@ def sweep(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_di
         for ratio in ratios:
             cfg = dataclasses.replace(base, learning_rate=lr, loraplus_lr_ratio=ratio, loraplus_lr_other=lr_other,
                                       output_dir=str(out / f"lr{lr:g}_ratio{ratio:g}"))
-            summary = train_or_reuse(cfg, role="tune")
+            summary = run_cell(cfg, role="tune")
             cells.append({"lr_A": lr, "ratio": ratio, "lr_B": lr * ratio, "metric": summary["metric"],
-                          "value": summary["best_metric"]})
+                          "value": summary["best_metric"], "diverged": "diverged" in summary})
     scored = [c for c in cells if c["value"] is not None and math.isfinite(c["value"])]
     greater = base.task == "classification"
     best = (max if greater else min)(scored, key=lambda c: c["value"]) if scored else None

@@ -183,7 +183,7 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
     from .models import load_tokenizer, resolve_model
     from .reliability import (CheckpointCompleteCallback, EpochSeededSamplerCallback, check_engine_settings,
                               cpu_only_launch, drop_newer_checkpoints, wait_for_everyone)
-    from .trainer import JsonlMetricsCallback, LoraPlusTrainer, LoraPlusTrainingArguments, NonFiniteGuardCallback
+    from .trainer import JsonlMetricsCallback, LoraPlusTrainingArguments, NonFiniteGuardCallback
 
     cfg.validate()
     kwargs = training_arguments_kwargs(cfg)  # checks optim / scheduler names before any loading
@@ -238,8 +238,9 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
     wait_for_everyone(args)
     from .data import collator_for
     from .metrics import compute_metrics_for
+    from .sampling import SortedBatchesLoraPlusTrainer
 
-    trainer = LoraPlusTrainer(
+    trainer = SortedBatchesLoraPlusTrainer(
         model=model, args=args, train_dataset=prepared.splits["train"],
         eval_dataset=prepared.splits["test" if eval_on_test else "validation"],
         data_collator=collator_for(cfg.task, tokenizer),

@@ -292,7 +292,7 @@ def _length_grouped_samplers(dataloader):
 
 
 class EpochSeededSamplerCallback(TrainerCallback):
-    """Seed the length-grouped order of epoch e with `(data_seed or seed) + e`, independent of dropout draws.
+    """Seed epoch e's batch order (sorted or grouped by length) with `(data_seed or seed) + e`, not from dropout.
 
     Runs at `on_epoch_begin`, which the Trainer calls before it iterates the epoch's dataloader (and
     before it skips the batches a resumed run has already trained on), so the skip replays the same order.

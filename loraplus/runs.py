@@ -4,10 +4,56 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import time
 from pathlib import Path
+
+import yaml
 
 from .config import TrainConfig, parse_train_args
 from .errors import LoraPlusError
+
+# Where a run folder's settings may differ from the experiment asking for it and still be reused.
+RUN_ONLY_KEYS = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint"}
+DIVERGED = "diverged.json"  # in a run folder: the run met a NaN/Inf gradient (its record, so it is not retried)
+
+
+def run_cell(cfg: TrainConfig, *, role: str) -> dict:
+    """One run of an experiment (compare, sweep, tune): reused when finished, recorded when it diverges.
+
+    A folder holding a finished run made with other settings is refused (it is not this run). A run
+    stopped by a NaN/Inf gradient is one diverged cell, not the end of the experiment: its summary has
+    `"diverged"` (the reason) and no metrics, and is written to diverged.json so it is not retried.
+    """
+    from .trainer import NonFiniteGradientError
+
+    run = Path(cfg.output_dir)
+    if check_reusable(cfg) and (run / DIVERGED).is_file():
+        return json.loads((run / DIVERGED).read_text())
+    start = time.perf_counter()
+    try:
+        return train_or_reuse(cfg, role=role)
+    except NonFiniteGradientError as e:
+        found = re.search(r"at step (\d+)", str(e))  # the step it stopped at, computed but not applied
+        summary = {"metric": None, "global_step": int(found.group(1)) if found else cfg.max_steps,
+                   "validation": {}, "best_metric": None, "train_seconds": round(time.perf_counter() - start, 2),
+                   "diverged": str(e)}
+        (run / DIVERGED).write_text(json.dumps(summary, indent=1))
+        return summary
+
+
+def check_reusable(cfg: TrainConfig) -> bool:
+    """Whether cfg's run folder holds a finished run; refuse one made with other settings (not the same run)."""
+    run = Path(cfg.output_dir)
+    if not (run / "summary.json").is_file() and not (run / DIVERGED).is_file():
+        return False
+    saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    wanted = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))  # the same types as read back from the file
+    differ = sorted(k for k in wanted.keys() | saved.keys() if k not in RUN_ONLY_KEYS and saved.get(k) != wanted.get(k))
+    if differ:
+        raise LoraPlusError(f"{run} holds a finished run with other settings ({', '.join(differ[:3])}); "
+                            "use another --output_dir, or delete that folder to retrain it")
+    return True
 
 
 def train_or_reuse(cfg: TrainConfig, *, role: str) -> dict:

@@ -34,24 +34,19 @@ import math
 import re
 import shutil
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
 
 from .config import TrainConfig, lr_grid, parse_floats, parse_train_args, split_flags
 from .errors import LoraPlusError
-from .runs import train_or_reuse
+from .runs import check_reusable, run_cell
 
 RATIOS = (1, 2, 4, 8, 16, 32)  # default ratio grid: plain LoRA up to twice the paper's 2^4
 BUDGET_RUNS = 4  # default budget: the optimizer steps of this many training runs as configured
 OWN_FLAGS = ("--lrs", "--ratios", "--budget", "--eta", "--output_dir")
 TUNE_FILES = {"runs", "data", "tune.json", "tuned_config.yaml", "train"}  # what a tune folder may hold
-# Where a run folder's settings may differ from the tune asking for it and still be reused.
-RUN_ONLY_KEYS = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint"}
-DIVERGED = "diverged.json"  # in a run folder: the run met a NaN/Inf gradient (its record, so it is not retried)
 
 Cell = tuple[float, float]  # (lr_A, ratio)
 
@@ -155,11 +150,9 @@ def tune(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir
         # One evaluation, at the end: the score of the model the run delivers after its whole schedule.
         cfg = dataclasses.replace(tuning, learning_rate=cell[0], loraplus_lr_ratio=cell[1], max_steps=steps,
                                   eval_steps=steps, output_dir=str(run_dir))
-        reused = _check_reusable(cfg)
-        summary = _diverged(run_dir) if reused else None
-        if summary is None:
-            with _run_log(run_dir / "train.log"):
-                summary = _train_or_diverge(cfg, steps)
+        reused = check_reusable(cfg)
+        with _run_log(run_dir / "train.log"):
+            summary = run_cell(cfg, role="tune")
         for checkpoint in run_dir.glob("checkpoint-*"):  # only needed to resume the run mid-way
             shutil.rmtree(checkpoint, ignore_errors=True)
         summaries[cell, rung] = {**summary, "run_dir": str(run_dir.relative_to(out)), "reused": reused}
@@ -215,41 +208,6 @@ def _check_tune_dir(out: Path) -> None:
     if foreign:
         raise LoraPlusError(f"output_dir {out} holds files that are not a tune's ({', '.join(foreign[:4])}); "
                             "pass another --output_dir")
-
-
-def _check_reusable(cfg: TrainConfig) -> bool:
-    """Whether cfg's run folder holds a finished run; refuse one made with other settings (not the same run)."""
-    run = Path(cfg.output_dir)
-    if not (run / "summary.json").is_file() and not (run / DIVERGED).is_file():
-        return False
-    saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
-    wanted = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))  # the same types as read back from the file
-    differ = sorted(k for k in wanted.keys() | saved.keys() if k not in RUN_ONLY_KEYS and saved.get(k) != wanted.get(k))
-    if differ:
-        raise LoraPlusError(f"{run} holds a finished run with other settings ({', '.join(differ[:3])}); "
-                            "tune into another --output_dir, or delete that folder to retrain it")
-    return True
-
-
-def _train_or_diverge(cfg: TrainConfig, steps: int) -> dict:
-    """The run's summary; a run stopped by a NaN/Inf gradient is a diverged cell, not the end of the tune."""
-    from .trainer import NonFiniteGradientError
-
-    start = time.perf_counter()
-    try:
-        return train_or_reuse(cfg, role="tune")
-    except NonFiniteGradientError as e:
-        found = re.search(r"at step (\d+)", str(e))  # the step it stopped at, computed but not applied
-        summary = {"metric": None, "global_step": int(found.group(1)) if found else steps, "validation": {},
-                   "best_metric": None, "train_seconds": round(time.perf_counter() - start, 2), "diverged": str(e)}
-        (Path(cfg.output_dir) / DIVERGED).write_text(json.dumps(summary, indent=1))
-        return summary
-
-
-def _diverged(run: Path) -> dict | None:
-    """The record of a run that diverged earlier, if this folder holds one."""
-    file = run / DIVERGED
-    return json.loads(file.read_text()) if file.is_file() else None
 
 
 def _train_only(base: TrainConfig, data_dir: Path) -> str:

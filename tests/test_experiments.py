@@ -74,3 +74,22 @@ def test_test_curves_hold_only_test_scores(compared):
             assert [step for step, _ in curve] == [2, 4]
             summary = json.loads((out / "final" / f"{name}_seed{seed}" / "summary.json").read_text())
             assert curve[-1][1] == pytest.approx(summary["test"]["test_accuracy"])
+
+
+def test_compare_goes_on_past_a_diverging_tuning_run(tmp_path, bert_dir, sentiment, capsys):
+    """A tuning lr that blows up is recorded as diverged (never chosen, not retried); compare still reports."""
+    argv = ["compare", "--model_name_or_path", bert_dir, "--train_file", sentiment["train"],
+            "--test_file", sentiment["test"], "--output_dir", str(tmp_path), "--lrs", "1e-3,1e30", "--seeds", "1",
+            "--methods", "lora", *BUDGET]
+    assert main(argv) == 0
+    arm = json.loads((tmp_path / "results.json").read_text())["arms"]["lora"]
+    assert arm["chosen_lr"] == 1e-3 and arm["validation_by_lr"]["1e+30"] != arm["validation_by_lr"]["1e+30"]  # NaN
+    assert (tmp_path / "tune" / "lora_lr1e+30" / "diverged.json").is_file()
+
+
+def test_compare_refuses_a_run_folder_made_with_other_settings(compared, capsys):
+    """A finished run folder is reused only for the same settings: another lora_r is a one-line error."""
+    _, argv = compared
+    assert main([*argv, "--lora_r", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "other settings" in err and "lora_r" in err and len(err.splitlines()) == 1

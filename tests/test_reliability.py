@@ -1,5 +1,6 @@
 """Crash-safe resume (kill -9, then `--resume_from_checkpoint latest`), checkpoint validation, safe loading
-and the NaN guard, through the `loraplus train` command on a tiny local BERT (dropout on, length grouping on)."""
+and the NaN guard, through the `loraplus train` command on a tiny local BERT (dropout on, default
+batching: random batches run as length-sorted micro-batches)."""
 
 import json
 import os
@@ -36,7 +37,7 @@ def setup(tmp_path_factory):
 
 
 def train_args(root, out, *extra):
-    """`loraplus train` flags: eval and save every 2 steps, LoRA dropout 0.1, default length grouping."""
+    """`loraplus train` flags: eval and save every 2 steps, LoRA dropout 0.1, default batching."""
     return ["--model_name_or_path", str(root / "bert"), "--train_file", str(root / "train.csv"),
             "--validation_file", str(root / "dev.csv"), "--output_dir", str(out), "--max_steps", str(MAX_STEPS),
             "--eval_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "8",

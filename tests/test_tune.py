@@ -70,7 +70,7 @@ def test_diverged_cells_never_survive():
 @pytest.fixture
 def fake_training(monkeypatch):
     """Replace each training run by a summary whose accuracy peaks at lr_B = 6e-3; record the runs asked for."""
-    from loraplus import tune
+    from loraplus import runs as runs_module
     from loraplus.trainer import NonFiniteGradientError
 
     runs = []
@@ -91,7 +91,7 @@ def fake_training(monkeypatch):
         (run / "summary.json").write_text(json.dumps(summary))
         return summary
 
-    monkeypatch.setattr(tune, "train_or_reuse", train_or_reuse)
+    monkeypatch.setattr(runs_module, "train_or_reuse", train_or_reuse)
     return runs
 
 

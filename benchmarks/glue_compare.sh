@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# LoRA vs LoRA+ on GLUE tasks, each method at its own tuned lr (`loraplus compare`), 2 seeds.
+#
+#   bash benchmarks/glue_compare.sh [mnli qqp sst2 qnli]     (default: mnli qqp sst2)
+#
+# Runs go to runs/glue/TASK (resumable: rerun the same command after an interruption); report.md,
+# curves.png and results.json are copied into results/glue/TASK/. Config per task: results/glue/TASK.yaml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for task in "${@:-mnli qqp sst2}"; do
+  for t in $task; do
+    .venv/bin/loraplus compare "results/glue/$t.yaml" --lrs 3e-4,1e-3,3e-3 --ratios 16 --seeds 1,2 \
+      --output_dir "runs/glue/$t"
+    mkdir -p "results/glue/$t"
+    cp "runs/glue/$t/report.md" "runs/glue/$t/curves.png" "runs/glue/$t/results.json" "results/glue/$t/"
+  done
+done
