@@ -71,6 +71,5 @@ class SortedWithinBatchesMixin:
         return sampler
 
 
-
 class SortedBatchesLoraPlusTrainer(SortedWithinBatchesMixin, LoraPlusTrainer):
     """The trainer `loraplus train` runs."""

@@ -38,7 +38,6 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-
 from .config import TrainConfig, lr_grid, parse_floats, parse_train_args, split_flags
 from .errors import LoraPlusError
 from .runs import check_reusable, run_cell
