@@ -7,11 +7,11 @@
 # curves.png and results.json are copied into results/glue/TASK/. Config per task: results/glue/TASK.yaml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for task in "${@:-mnli qqp sst2}"; do
-  for t in $task; do
-    .venv/bin/loraplus compare "results/glue/$t.yaml" --lrs 3e-4,1e-3,3e-3 --ratios 16 --seeds 1,2 \
-      --output_dir "runs/glue/$t"
-    mkdir -p "results/glue/$t"
-    cp "runs/glue/$t/report.md" "runs/glue/$t/curves.png" "runs/glue/$t/results.json" "results/glue/$t/"
-  done
+tasks=("$@")
+[ ${#tasks[@]} -gt 0 ] || tasks=(mnli qqp sst2)
+for t in "${tasks[@]}"; do
+  .venv/bin/loraplus compare "results/glue/$t.yaml" --lrs 3e-4,1e-3,3e-3 --ratios 16 --seeds 1,2 \
+    --output_dir "runs/glue/$t"
+  mkdir -p "results/glue/$t"
+  cp "runs/glue/$t/report.md" "runs/glue/$t/curves.png" "runs/glue/$t/results.json" "results/glue/$t/"
 done

@@ -24,7 +24,7 @@ from .trainer import LoraPlusTrainer
 def micro_batches_for(batch_size: int, wanted: int) -> int:
     """The most micro-batches, at most `wanted`, that split `batch_size` evenly (equal micro-batches keep
     the loss an average over the batch, whatever the task's loss normalisation)."""
-    return max(d for d in range(1, max(1, min(wanted, batch_size)) + 1) if batch_size % d == 0)
+    return max(d for d in range(1, min(wanted, batch_size) + 1) if batch_size % d == 0)
 
 
 def sorted_within_batches(lengths: list[int], batch_size: int, generator: torch.Generator | None = None) -> list[int]:
