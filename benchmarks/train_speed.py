@@ -5,8 +5,8 @@
 Runs, in one process and one after another on the same machine: the float32 matmul rate
 (2048^3, median of 5, before and after the arms), a plain PEFT + Trainer baseline written as HF's
 run_glue does (pad every example to 128 tokens), the same baseline with dynamic padding, `loraplus
-train` (random batches, each sorted by length and run as 4 micro-batches padded to their own longest,
-cheaper CPU dropout masks), and two ablations: `loraplus train` with torch's own dropout (what the
+train` (random batches, each sorted by length and cut into at most 4 micro-batches padded to their own
+longest, cheaper CPU dropout masks), and two ablations: `loraplus train` with torch's own dropout (what the
 cheaper masks give) and with transformers' length grouping across batches (faster, but batches are no
 longer random draws). Same model (minilm), LoRA r=8 alpha=8 on
 query+value, batch 32, one epoch, learning rate and schedule; ratio 1 so all arms run the same
@@ -130,7 +130,7 @@ def non_embedding_params() -> int:
 ARMS = {
     "padded": "PEFT + Trainer, pad to 128 (run_glue style)",
     "dynamic": "PEFT + Trainer, dynamic padding",
-    "loraplus": "`loraplus train` (random batches as 4 length-sorted micro-batches, CPU dropout masks)",
+    "loraplus": "`loraplus train` (random batches as up to 4 length-sorted micro-batches, CPU dropout masks)",
     # ablations: what the cheaper CPU dropout masks give (loraplus/fast_dropout.py), and what length
     # grouping across batches would add (transformers' group_by_length)
     "loraplus_torch_dropout": "`loraplus train --fast_cpu_dropout false` (torch's own dropout)",

@@ -100,8 +100,11 @@ class TrainConfig:
     overwrite_output_dir: bool = _f(False, "allow writing into a non-empty output_dir", _T)
     bf16: str = _f("auto", "bfloat16 mixed precision: auto (if the GPU supports it) | true | false", _T)
     length_micro_batches: int = _f(4, "sort each random batch by length and run it as up to this many "
-                                   "micro-batches, each padded to its own longest (same batch, same "
-                                   "gradient, less padding); 1 = one padded batch", _T)
+                                   "micro-batches, each padded to its own longest, cut where that saves "
+                                   "most (same batch, same gradient, less padding); 1 = one padded batch", _T)
+    length_micro_batch_cost: int = _f(128, "the fixed cost of one more micro-batch, in padded tokens: a batch is "
+                                      "cut only where that saves more (fitted on a 2-core CPU; raise it on "
+                                      "a GPU, where small micro-batches waste more)", _T)
     group_by_length: bool = _f(False, "build batches from examples of similar length (less padding still, "
                                "but batches are no longer random draws; see results/speed)", _T)
     fast_cpu_dropout: bool = _f(True, "on CPUs, draw the model's dropout masks four per random 64-bit word "
@@ -144,6 +147,8 @@ class TrainConfig:
              f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}"),
             (self.length_micro_batches >= 1,
              f"length_micro_batches must be >= 1, got {self.length_micro_batches}; 1 turns it off"),
+            (self.length_micro_batch_cost >= 0,
+             f"length_micro_batch_cost must be >= 0 tokens, got {self.length_micro_batch_cost}"),
             (self.max_steps > 0 or self.num_train_epochs > 0,
              (f"num_train_epochs must be > 0 when max_steps is not set, got {self.num_train_epochs}; "
               "set --num_train_epochs or --max_steps")),
@@ -306,13 +311,6 @@ def training_arguments_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     # Only the names this transformers version has (5.x dropped overwrite_output_dir and group_by_length).
     kw: dict[str, Any] = {k: getattr(cfg, k) for k in hf_named if k in accepted}
     kw["report_to"] = list(cfg.report_to)
-    # Each batch runs as length-sorted micro-batches (loraplus/sampling.py): the Trainer sees them as
-    # accumulation steps; the optimizer step still takes the same number of examples.
-    from .sampling import micro_batches_for
-
-    micro = micro_batches_for(cfg.per_device_train_batch_size, cfg.length_micro_batches)
-    kw["per_device_train_batch_size"] = cfg.per_device_train_batch_size // micro
-    kw["gradient_accumulation_steps"] = cfg.gradient_accumulation_steps * micro
     # transformers 5 has no warmup_ratio: a fractional warmup_steps is the ratio. 4.x: int steps + warmup_ratio.
     if accepted.get("warmup_steps") is float or "warmup_ratio" not in accepted:
         kw["warmup_steps"] = cfg.warmup_ratio

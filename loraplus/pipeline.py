@@ -249,6 +249,7 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
         processing_class=tokenizer,
         callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), NonFiniteGuardCallback(),
                    CheckpointCompleteCallback(), EpochSeededSamplerCallback()],
+        length_micro_batches=cfg.length_micro_batches, length_micro_batch_cost=cfg.length_micro_batch_cost,
     )
     if cfg.feature_learning_steps:
         from .diagnostics import attach_feature_learning

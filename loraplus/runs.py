@@ -49,7 +49,10 @@ def check_reusable(cfg: TrainConfig) -> bool:
         return False
     saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
     wanted = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))  # the same types as read back from the file
-    differ = sorted(k for k in wanted.keys() | saved.keys() if k not in RUN_ONLY_KEYS and saved.get(k) != wanted.get(k))
+    # A key newer than the saved run had its default there
+    defaults = yaml.safe_load(yaml.safe_dump(TrainConfig().to_dict()))
+    differ = sorted(k for k in wanted.keys() | saved.keys()
+                    if k not in RUN_ONLY_KEYS and saved.get(k, defaults.get(k)) != wanted.get(k))
     if differ:
         raise LoraPlusError(f"{run} holds a finished run with other settings ({', '.join(differ[:3])}); "
                             "use another --output_dir, or delete that folder to retrain it")

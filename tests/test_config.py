@@ -224,8 +224,8 @@ def test_kwargs_build_training_arguments(tmp_path):
     assert not any(k.startswith(("lora", "loraplus")) or k in ("task", "dataset_name") for k in kw)
     args = TrainingArguments(**kw)
     assert (args.learning_rate, args.seed) == (3e-4, 3)
-    # the batch of 16 runs as 4 length-sorted micro-batches of 4 (loraplus/sampling.py)
-    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 4)
+    # the Trainer gets the whole batch; its micro-batches are cut inside each step (loraplus/sampling.py)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (16, 1)
 
 
 def test_warmup_ratio_maps_to_warmup_steps(tmp_path):

@@ -37,7 +37,8 @@ def train_args(root, out, per_device, *extra):
             "--validation_file", str(root / "dev.csv"), "--output_dir", str(out), "--max_steps", "8",
             "--eval_steps", "4", "--logging_steps", "1", "--per_device_train_batch_size", str(per_device),
             "--learning_rate", "1e-2", "--lora_dropout", "0", "--group_by_length", "false",
-            "--load_best_model_at_end", "false", "--report_to", "none", *extra]
+            "--load_best_model_at_end", "false", "--report_to", "none",
+            "--length_micro_batch_cost", "0", *extra]  # cut every batch into micro-batches
 
 
 def max_diff(a: Path, b: Path) -> float:

@@ -93,3 +93,20 @@ def test_compare_refuses_a_run_folder_made_with_other_settings(compared, capsys)
     assert main([*argv, "--lora_r", "4"]) == 2
     err = capsys.readouterr().err.strip()
     assert "other settings" in err and "lora_r" in err and len(err.splitlines()) == 1
+
+
+def test_a_run_saved_before_a_new_key_is_reused_at_its_default(tmp_path):
+    """A finished run whose config.yaml predates a key is the same run when the key is at its default."""
+    import yaml
+
+    from loraplus.config import TrainConfig
+    from loraplus.runs import check_reusable
+
+    cfg = TrainConfig(output_dir=str(tmp_path))
+    saved = cfg.to_dict()
+    del saved["length_micro_batch_cost"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    (tmp_path / "summary.json").write_text("{}")
+    assert check_reusable(cfg)
+    with pytest.raises(Exception, match="length_micro_batch_cost"):
+        check_reusable(TrainConfig(output_dir=str(tmp_path), length_micro_batch_cost=7))

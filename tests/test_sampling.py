@@ -1,14 +1,15 @@
 """Random batches sorted inside (loraplus/sampling.py): the batches stay random draws, only padding changes."""
 
+import itertools
 import random
 
-import pytest
 import torch
 from conftest import save_tiny_bert, write_sentiment_csvs
 from safetensors.torch import load_file
 
 from loraplus.cli import main
-from loraplus.sampling import micro_batches_for, sorted_within_batches
+import loraplus.sampling
+from loraplus.sampling import micro_batch_cuts, sorted_within_batches, split_batch
 
 LENGTHS = [random.Random(0).randint(3, 120) for _ in range(203)]  # 6 full batches of 32 and a short one
 
@@ -37,13 +38,56 @@ def test_each_batch_is_sorted_longest_first_and_the_longest_batch_leads():
     assert len(batches(order, 32)[-1]) == len(LENGTHS) % 32  # the short batch stays last
 
 
-@pytest.mark.parametrize("batch, wanted, expected", [(32, 4, 4), (30, 4, 3), (7, 4, 1), (2, 4, 2), (16, 1, 1)])
-def test_micro_batches_split_the_batch_evenly(batch, wanted, expected):
-    assert micro_batches_for(batch, wanted) == expected
+def cost_of(lengths, cuts, part_cost):
+    """Padded tokens computed plus part_cost per micro-batch, rows sorted longest first."""
+    starts = [0, *cuts[:-1]]
+    return sum((end - start) * lengths[start] + part_cost for start, end in zip(starts, cuts))
 
 
-def test_micro_batches_train_the_same_adapter_as_one_padded_batch(tmp_path, tokenizer):
-    """Without dropout, 4 length-sorted micro-batches of 2 give the gradient of one padded batch of 8."""
+def test_cuts_are_the_cheapest_of_all_cut_points():
+    """Against every way to cut small sorted batches into at most max_parts pieces."""
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = sorted((rng.randint(1, 60) for _ in range(rng.randint(1, 8))), reverse=True)
+        max_parts, part_cost = rng.randint(1, 4), rng.choice([0, 7, 40, 128])
+        cuts = micro_batch_cuts(lengths, max_parts, part_cost)
+        n = len(lengths)
+        every = [[*inner, n] for k in range(min(max_parts, n)) for inner in itertools.combinations(range(1, n), k)]
+        assert cuts[-1] == n and len(cuts) <= max_parts
+        assert cost_of(lengths, cuts, part_cost) == min(cost_of(lengths, c, part_cost) for c in every)
+
+
+def test_a_batch_of_equal_lengths_runs_whole():
+    assert micro_batch_cuts([50] * 32, 4, 128) == [32]
+
+
+def test_a_long_tail_is_cut_where_it_ends():
+    """Two long rows then thirty short ones: padding the short rows to the long ones costs far more
+    than a micro-batch, and equal quarters would pad six short rows to the long length."""
+    assert micro_batch_cuts([120, 110] + [20] * 30, 4, 128) == [2, 32]
+
+
+def test_split_batch_trims_each_part_to_its_own_longest_on_either_padding_side():
+    lengths = [5, 4, 2, 1]
+    for left in (False, True):
+        mask = torch.tensor([[0] * (5 - n) + [1] * n if left else [1] * n + [0] * (5 - n) for n in lengths])
+        ids = mask * torch.arange(1, 6)
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 0, 1])}
+        parts = split_batch(batch, [2, 4])
+        assert [p["input_ids"].shape for p in parts] == [(2, 5), (2, 2)]
+        assert parts[1]["labels"].tolist() == [0, 1]
+        assert parts[1]["attention_mask"].sum(dim=1).tolist() == [2, 1]  # no real token cut off
+
+
+def test_micro_batches_train_the_same_adapter_as_one_padded_batch(tmp_path, tokenizer, monkeypatch):
+    """Without dropout, micro-batches of unequal sizes give the gradient of one padded batch of 8."""
+    sizes = []
+
+    def recording_split(batch, cuts):
+        sizes.append([end - start for start, end in zip([0, *cuts[:-1]], cuts)])
+        return split_batch(batch, cuts)
+
+    monkeypatch.setattr(loraplus.sampling, "split_batch", recording_split)
     model = save_tiny_bert(tmp_path / "bert", tokenizer, dropout=0.0)
     write_sentiment_csvs(tmp_path)
     adapters = []
@@ -52,9 +96,11 @@ def test_micro_batches_train_the_same_adapter_as_one_padded_batch(tmp_path, toke
         assert main(["train", "--model_name_or_path", model, "--train_file", str(tmp_path / "train.csv"),
                      "--validation_file", str(tmp_path / "dev.csv"), "--output_dir", str(out),
                      "--per_device_train_batch_size", "8", "--length_micro_batches", str(micro),
+                     "--length_micro_batch_cost", "0",  # cut wherever padding is saved
                      "--max_steps", "6", "--learning_rate", "1e-2", "--lora_dropout", "0",
                      "--report_to", "none", "--fast_cpu_dropout", "false"]) == 0
         adapters.append(load_file(out / "adapter_model.safetensors"))
+    assert any(len(set(step)) > 1 for step in sizes), sizes  # some step ran unequal micro-batches
     assert adapters[0].keys() == adapters[1].keys()
     diff = max((adapters[0][k] - adapters[1][k]).abs().max().item() for k in adapters[0])
     moved = max(adapters[0][k].abs().max().item() for k in adapters[0] if "lora_B" in k)
