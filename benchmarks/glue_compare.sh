@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # LoRA vs LoRA+ on GLUE tasks, each method at its own tuned lr (`loraplus compare`), 2 seeds.
 #
-#   bash benchmarks/glue_compare.sh [mnli qqp sst2 qnli]     (default: mnli qqp sst2)
+#   bash benchmarks/glue_compare.sh [mnli qqp sst2 qnli]     (default: all four)
 #
 # Runs go to runs/glue/TASK (resumable: rerun the same command after an interruption); report.md,
 # curves.png and results.json are copied into results/glue/TASK/. Config per task: results/glue/TASK.yaml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tasks=("$@")
-[ ${#tasks[@]} -gt 0 ] || tasks=(mnli qqp sst2)
+[ ${#tasks[@]} -gt 0 ] || tasks=(mnli qqp sst2 qnli)
 for t in "${tasks[@]}"; do
   .venv/bin/loraplus compare "results/glue/$t.yaml" --lrs 3e-4,1e-3,3e-3 --ratios 16 --seeds 1,2 \
     --output_dir "runs/glue/$t"

@@ -5,10 +5,11 @@
 Runs, in one process and one after another on the same machine: the float32 matmul rate
 (2048^3, median of 5, before and after the arms), a plain PEFT + Trainer baseline written as HF's
 run_glue does (pad every example to 128 tokens), the same baseline with dynamic padding, `loraplus
-train` (random batches, each sorted by length and cut into at most 4 micro-batches padded to their own
-longest, cheaper CPU dropout masks), and two ablations: `loraplus train` with torch's own dropout (what the
-cheaper masks give) and with transformers' length grouping across batches (faster, but batches are no
-longer random draws). Same model (minilm), LoRA r=8 alpha=8 on
+train` (random batches; the encoder's layers run on real tokens only, packed; cheaper CPU dropout
+masks), and three ablations: `loraplus train` without packing (each batch sorted by length and cut into
+at most 4 micro-batches padded to their own longest), with torch's own dropout (what the cheaper masks
+give), and with transformers' length grouping across batches (faster, but batches are no longer
+random draws). Same model (minilm), LoRA r=8 alpha=8 on
 query+value, batch 32, one epoch, learning rate and schedule; ratio 1 so all arms run the same
 algorithm and only speed differs. The dynamic baseline and loraplus run every seed (accuracy: mean
 and std over seeds; time: median); the padded baseline and the ablations are timing references and
@@ -130,16 +131,19 @@ def non_embedding_params() -> int:
 ARMS = {
     "padded": "PEFT + Trainer, pad to 128 (run_glue style)",
     "dynamic": "PEFT + Trainer, dynamic padding",
-    "loraplus": "`loraplus train` (random batches as up to 4 length-sorted micro-batches, CPU dropout masks)",
-    # ablations: what the cheaper CPU dropout masks give (loraplus/fast_dropout.py), and what length
-    # grouping across batches would add (transformers' group_by_length)
+    "loraplus": "`loraplus train` (random batches, packed encoder, CPU dropout masks)",
+    # ablations: packing against length-sorted micro-batches (loraplus/packing.py, sampling.py), what the
+    # cheaper CPU dropout masks give (loraplus/fast_dropout.py), and what length grouping across
+    # batches would add (transformers' group_by_length)
+    "loraplus_micro": "`loraplus train --packed_sequences false` (up to 4 length-sorted micro-batches)",
     "loraplus_torch_dropout": "`loraplus train --fast_cpu_dropout false` (torch's own dropout)",
     "loraplus_grouped": "`loraplus train --group_by_length true` (batches of similar lengths)",
 }
-ABLATION_FLAGS = {"loraplus_torch_dropout": ["--fast_cpu_dropout", "false"],
+ABLATION_FLAGS = {"loraplus_micro": ["--packed_sequences", "false"],
+                  "loraplus_torch_dropout": ["--fast_cpu_dropout", "false"],
                   "loraplus_grouped": ["--group_by_length", "true"]}
 # one seed each: timing references, not accuracy claims
-TIMING_ONLY = ("padded", "loraplus_torch_dropout", "loraplus_grouped")
+TIMING_ONLY = ("padded", "loraplus_micro", "loraplus_torch_dropout", "loraplus_grouped")
 
 
 def run_arm(arm: str, data: Path, work: Path, *, max_steps: int, seed: int) -> dict:

@@ -48,7 +48,9 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
     for method in methods:
         for ratio in ([METHODS[method]] if METHODS[method] else ratios):
             arms[f"{method}" if METHODS[method] else f"{method}_r{ratio:g}"] = ratio
-    results = {"protocol": {"lrs": lrs, "seeds": seeds, "lr_other": lr_other, "tuning_seed": seeds[0]}, "arms": {}}
+    greater = base.task == "classification"  # accuracy / pearson; other tasks rank runs by eval loss
+    results = {"protocol": {"lrs": lrs, "seeds": seeds, "lr_other": lr_other, "tuning_seed": seeds[0],
+                            "greater_is_better": greater}, "arms": {}}
     for arm, ratio in arms.items():
         tuning = {}
         for lr in lrs:
@@ -57,7 +59,6 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
                                       seed=seeds[0], test_file=None, output_dir=str(out / "tune" / f"{arm}_lr{lr:g}"))
             summary = run_cell(cfg, role="tune")
             tuning[lr] = summary["best_metric"] if summary["best_metric"] is not None else float("nan")
-        greater = base.task == "classification"
         chosen = _best(tuning, greater)
         finals = {}
         for seed in seeds:
@@ -99,9 +100,10 @@ def _speedups(results: dict) -> None:
     if not lora or None in lora["final"]:
         return
     target = statistics.mean(lora["final"])
+    sign = 1 if results["protocol"].get("greater_is_better", True) else -1
     for arm in results["arms"].values():
         curve = _mean_curve(arm["curves"])
-        reached = next((s for s, v in curve if v >= target), None)
+        reached = next((s for s, v in curve if sign * v >= sign * target), None)
         arm["steps_to_lora_final"] = reached
     base_steps = lora.get("steps_to_lora_final")
     for arm in results["arms"].values():
@@ -126,8 +128,9 @@ def report(results: dict) -> str:
              f"in every arm; seeds {', '.join(map(str, p['seeds']))}.", "",
              "| arm | ratio | chosen lr_A | final test (mean ± std) | best test over steps (mean ± std) | "
              "steps to tuned LoRA's final | speed-up |", "|---|---|---|---|---|---|---|"]
+    pick = max if p.get("greater_is_better", True) else min
     for name, arm in results["arms"].items():
-        best = [max(v for _, v in c) for c in arm["curves"].values() if c]
+        best = [pick(v for _, v in c) for c in arm["curves"].values() if c]
         speedup = f"{arm['speedup_vs_lora']:.2f}x" if arm.get("speedup_vs_lora") else "n/a"
         lines.append(f"| {name} | {arm['ratio']:g} | {arm['chosen_lr']:g} | {_mean_std(arm['final'])} | "
                      f"{_mean_std(best)} | {arm.get('steps_to_lora_final') or 'not reached'} | {speedup} |")

@@ -127,6 +127,10 @@ def build_model(cfg: TrainConfig, model_path: str, prepared: PreparedData, token
         from .fast_dropout import use_cpu_dropout
 
         use_cpu_dropout(model.get_base_model())
+    if cfg.packed_sequences:  # encoders only; other models keep micro-batches (packing.py, sampling.py)
+        from .packing import enable_packing
+
+        enable_packing(model.get_base_model())
     return model
 
 
@@ -238,6 +242,7 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
     wait_for_everyone(args)
     from .data import collator_for
     from .metrics import compute_metrics_for
+    from .packing import is_packed
     from .sampling import SortedBatchesLoraPlusTrainer
 
     trainer = SortedBatchesLoraPlusTrainer(
@@ -249,7 +254,9 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
         processing_class=tokenizer,
         callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), NonFiniteGuardCallback(),
                    CheckpointCompleteCallback(), EpochSeededSamplerCallback()],
-        length_micro_batches=cfg.length_micro_batches, length_micro_batch_cost=cfg.length_micro_batch_cost,
+        # a packed encoder pays for real tokens only: a batch gains nothing from micro-batches
+        length_micro_batches=1 if is_packed(model) else cfg.length_micro_batches,
+        length_micro_batch_cost=cfg.length_micro_batch_cost,
     )
     if cfg.feature_learning_steps:
         from .diagnostics import attach_feature_learning

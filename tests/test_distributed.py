@@ -38,7 +38,8 @@ def train_args(root, out, per_device, *extra):
             "--eval_steps", "4", "--logging_steps", "1", "--per_device_train_batch_size", str(per_device),
             "--learning_rate", "1e-2", "--lora_dropout", "0", "--group_by_length", "false",
             "--load_best_model_at_end", "false", "--report_to", "none",
-            "--length_micro_batch_cost", "0", *extra]  # cut every batch into micro-batches
+            # micro-batches (not packing), cut at every padding saving: the path with per-process no_sync
+            "--packed_sequences", "false", "--length_micro_batch_cost", "0", *extra]
 
 
 def max_diff(a: Path, b: Path) -> float:

@@ -110,3 +110,14 @@ def test_a_run_saved_before_a_new_key_is_reused_at_its_default(tmp_path):
     assert check_reusable(cfg)
     with pytest.raises(Exception, match="length_micro_batch_cost"):
         check_reusable(TrainConfig(output_dir=str(tmp_path), length_micro_batch_cost=7))
+
+
+def test_speed_up_on_a_loss_counts_falling_below_lora_final():
+    """For a metric where lower is better, 'reaches tuned LoRA's final' means at or below it."""
+    from loraplus.experiments import _speedups
+
+    lora = {"final": [1.0, 1.0], "curves": {"1": [(10, 2.0), (20, 1.0)], "2": [(10, 2.0), (20, 1.0)]}}
+    plus = {"final": [0.8, 0.8], "curves": {"1": [(10, 0.9), (20, 0.8)], "2": [(10, 1.0), (20, 0.8)]}}
+    results = {"protocol": {"greater_is_better": False}, "arms": {"lora": lora, "loraplus_r16": plus}}
+    _speedups(results)
+    assert (lora["steps_to_lora_final"], plus["steps_to_lora_final"], plus["speedup_vs_lora"]) == (20, 10, 2.0)
