@@ -48,17 +48,18 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
     for method in methods:
         for ratio in ([METHODS[method]] if METHODS[method] else ratios):
             arms[f"{method}" if METHODS[method] else f"{method}_r{ratio:g}"] = ratio
-    greater = base.task == "classification"  # accuracy / pearson; other tasks rank runs by eval loss
-    results = {"protocol": {"lrs": lrs, "seeds": seeds, "lr_other": lr_other, "tuning_seed": seeds[0],
-                            "greater_is_better": greater}, "arms": {}}
+    results = {"protocol": {"lrs": lrs, "seeds": seeds, "lr_other": lr_other, "tuning_seed": seeds[0]}, "arms": {}}
     for arm, ratio in arms.items():
-        tuning = {}
+        tuning, metrics = {}, set()
         for lr in lrs:
             # test_file=None: a tuning run has no business opening the test data at all
             cfg = dataclasses.replace(base, learning_rate=lr, loraplus_lr_ratio=ratio, loraplus_lr_other=lr_other,
                                       seed=seeds[0], test_file=None, output_dir=str(out / "tune" / f"{arm}_lr{lr:g}"))
             summary = run_cell(cfg, role="tune")
             tuning[lr] = summary["best_metric"] if summary["best_metric"] is not None else float("nan")
+            metrics.add(summary["metric"])
+        greater = _greater_is_better(metrics)
+        results["protocol"]["greater_is_better"] = greater
         chosen = _best(tuning, greater)
         finals = {}
         for seed in seeds:
@@ -80,6 +81,11 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
     (out / "report.md").write_text(report(results))
     _plot_curves(results, out / "curves.png")
     return results
+
+
+def _greater_is_better(metrics: set) -> bool:
+    """Runs rank by accuracy / pearson (higher is better) or, for language modelling, eval loss."""
+    return bool(metrics - {None}) and "loss" not in metrics
 
 
 def _best(scores: dict[float, float], greater: bool) -> float:
@@ -180,7 +186,7 @@ def sweep(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_di
             cells.append({"lr_A": lr, "ratio": ratio, "lr_B": lr * ratio, "metric": summary["metric"],
                           "value": summary["best_metric"], "diverged": "diverged" in summary})
     scored = [c for c in cells if c["value"] is not None and math.isfinite(c["value"])]
-    greater = base.task == "classification"
+    greater = _greater_is_better({c["metric"] for c in cells})
     best = (max if greater else min)(scored, key=lambda c: c["value"]) if scored else None
     result = {"cells": cells, "best": best, "lr_other": lr_other}
     out.mkdir(parents=True, exist_ok=True)

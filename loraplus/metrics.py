@@ -59,6 +59,36 @@ def compute_metrics_for(task: str, is_regression: bool = False, num_labels: int 
     return compute
 
 
+def label_word_eval_for(word_ids: list[list[int]]):
+    """(preprocess_logits_for_metrics, compute_metrics) scoring one-token label words inside the Trainer's
+    own evaluation, so every periodic evaluation reports accuracy at no extra forward pass; None when a
+    word takes several tokens or two words share their token (score_label_words then scores at the end).
+
+    With one token per word, the logits just before it hold every word's score: the same argmax as
+    label_word_logprobs.
+    """
+    import torch
+
+    if any(len(w) != 1 for w in word_ids) or len({w[0] for w in word_ids}) != len(word_ids):
+        return None
+    words = torch.tensor([w[0] for w in word_ids])
+    class_of = {w[0]: k for k, w in enumerate(word_ids)}
+
+    def preprocess(logits, labels):
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        before_word = labels.ne(-100).int().argmax(dim=1) - 1  # logits at t predict token t + 1
+        return logits[torch.arange(len(labels), device=logits.device), before_word][:, words.to(logits.device)]
+
+    def compute(eval_pred) -> dict[str, float]:
+        scores, labels = np.asarray(eval_pred.predictions), np.asarray(eval_pred.label_ids)
+        word = labels[np.arange(len(labels)), (labels != -100).argmax(axis=1)]
+        classes = np.array([class_of[int(t)] for t in word])
+        return classification_metrics(scores.argmax(axis=-1), classes, len(word_ids))
+
+    return preprocess, compute
+
+
 def label_word_ids(tokenizer, label_words: list[str]) -> list[list[int]]:
     """Token ids of each label word as it reads after a prompt ending in ':' (with a leading space).
 

@@ -134,11 +134,29 @@ def build_model(cfg: TrainConfig, model_path: str, prepared: PreparedData, token
     return model
 
 
-def best_metric(cfg: TrainConfig, prepared: PreparedData) -> tuple[str, bool]:
-    """The eval metric that picks the best checkpoint, and whether larger is better."""
+@dataclass
+class Evaluation:
+    """How the Trainer evaluates a task: its metric functions and the metric that picks the best checkpoint."""
+
+    compute_metrics: object = None  # Trainer(compute_metrics=...); None: eval_loss only
+    preprocess_logits: object = None  # Trainer(preprocess_logits_for_metrics=...)
+    metric: str = "loss"
+    greater_is_better: bool = False
+
+
+def evaluation_for(cfg: TrainConfig, prepared: PreparedData, tokenizer) -> Evaluation:
+    """Classification: accuracy (Pearson for regression). Label words: accuracy when each word is one token
+    (scored in the Trainer's own evaluation), else eval loss. Language modelling: eval loss."""
+    from .metrics import compute_metrics_for, label_word_eval_for, label_word_ids
+
     if cfg.task == "classification":
-        return ("pearson" if prepared.is_regression else "accuracy"), True
-    return "loss", False
+        compute = compute_metrics_for(cfg.task, prepared.is_regression, len(prepared.label_names or []) or None)
+        return Evaluation(compute, None, "pearson" if prepared.is_regression else "accuracy", True)
+    if cfg.task == "label_words":
+        scored = label_word_eval_for(label_word_ids(tokenizer, prepared.label_words))
+        if scored:
+            return Evaluation(scored[1], scored[0], "accuracy", True)
+    return Evaluation()
 
 
 def _cuda() -> bool:
@@ -166,7 +184,7 @@ def score(cfg: TrainConfig, model, tokenizer, dataset, prepared: PreparedData, t
     from .metrics import classification_metrics, score_label_words
 
     metrics = trainer.evaluate(dataset, metric_key_prefix=prefix) if trainer is not None else {}
-    if cfg.task == "label_words":
+    if cfg.task == "label_words" and f"{prefix}_accuracy" not in metrics:  # not scored in the evaluation
         predictions = score_label_words(model, tokenizer, dataset, prepared.label_words,
                                         batch_size=cfg.per_device_eval_batch_size)
         labels = [int(y) for y in dataset["label"]]  # a datasets Column, not an array
@@ -212,10 +230,11 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
         # gradient_accumulation_steps and multiplies by the process count (Trainer.training_step,
         # compute_loss): gradients and logged loss came out accumulation steps x processes too large.
         model.get_base_model().accepts_loss_kwargs = False
-    metric, greater = best_metric(cfg, prepared)
+    evaluation = evaluation_for(cfg, prepared, tokenizer)
+    metric = evaluation.metric
     kwargs.setdefault("load_best_model_at_end", not eval_on_test)  # never pick a checkpoint on test
     kwargs.setdefault("metric_for_best_model", metric)
-    kwargs.setdefault("greater_is_better", greater)
+    kwargs.setdefault("greater_is_better", evaluation.greater_is_better)
     kwargs.setdefault("save_total_limit", 2)
     kwargs.setdefault("disable_tqdm", not sys.stderr.isatty())
     kwargs.setdefault("dataloader_pin_memory", _cuda())
@@ -241,7 +260,6 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
         cfg.save(str(out / "config.yaml"))
     wait_for_everyone(args)
     from .data import collator_for
-    from .metrics import compute_metrics_for
     from .packing import is_packed
     from .sampling import SortedBatchesLoraPlusTrainer
 
@@ -249,8 +267,7 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
         model=model, args=args, train_dataset=prepared.splits["train"],
         eval_dataset=prepared.splits["test" if eval_on_test else "validation"],
         data_collator=collator_for(cfg.task, tokenizer),
-        compute_metrics=compute_metrics_for(cfg.task, prepared.is_regression,
-                                            len(prepared.label_names or []) or None),
+        compute_metrics=evaluation.compute_metrics, preprocess_logits_for_metrics=evaluation.preprocess_logits,
         processing_class=tokenizer,
         callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), NonFiniteGuardCallback(),
                    CheckpointCompleteCallback(), EpochSeededSamplerCallback()],

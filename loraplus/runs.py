@@ -113,8 +113,7 @@ def evaluate_run(run_dir: str, overrides: list[str] = ()) -> dict:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from .data import collator_for
-    from .metrics import compute_metrics_for
-    from .pipeline import _cuda, prepare_data, score
+    from .pipeline import _cuda, evaluation_for, prepare_data, score
 
     cfg, labels = load_run_config(run_dir, overrides)
     model, tokenizer = load_trained(run_dir, cfg, labels)
@@ -122,11 +121,12 @@ def evaluate_run(run_dir: str, overrides: list[str] = ()) -> dict:
     if labels.get("label_words"):
         prepared.label_words = labels["label_words"]
     split = "test" if "test" in prepared.splits else "validation"
-    names = prepared.label_names or []
+    evaluation = evaluation_for(cfg, prepared, tokenizer)
     args = TrainingArguments(output_dir=str(Path(run_dir) / "eval"), per_device_eval_batch_size=
                              cfg.per_device_eval_batch_size, report_to=[], use_cpu=not _cuda())
     trainer = Trainer(model=model, args=args, data_collator=collator_for(cfg.task, tokenizer),
-                      compute_metrics=compute_metrics_for(cfg.task, prepared.is_regression, len(names) or None))
+                      compute_metrics=evaluation.compute_metrics,
+                      preprocess_logits_for_metrics=evaluation.preprocess_logits)
     for noisy in (PrinterCallback, ProgressCallback):  # the CLI prints the metrics once, itself
         trainer.remove_callback(noisy)
     metrics = score(cfg, model, tokenizer, prepared.splits[split], prepared, trainer, prefix=split)

@@ -87,13 +87,13 @@ def default_budget(final_steps: int, cells: int, eta: int) -> int:
 
 
 def successive_halving(cells: list[Cell], rungs: list[Rung], score: Callable[[Cell, int, int], float | None], *,
-                       greater: bool) -> tuple[list[dict], Cell]:
+                       greater: bool | Callable[[], bool]) -> tuple[list[dict], Cell]:
     """Score every cell of rung 0, keep the best n_{k+1}, and so on; return every result and the chosen cell.
 
     score(cell, rung, steps) is the validation metric of that cell trained for `steps` (None or NaN:
     diverged; such a cell never survives), or (metric, validation loss): short runs often tie on
     accuracy (every cell still predicting the majority class), and the loss then ranks them. Remaining
-    ties keep the earlier cell.
+    ties keep the earlier cell. greater may be a function, asked at each ranking (the runs say their metric).
     """
     alive, records = list(cells), []
     for k, rung in enumerate(rungs):
@@ -104,7 +104,8 @@ def successive_halving(cells: list[Cell], rungs: list[Rung], score: Callable[[Ce
         if not finite:
             raise LoraPlusError(f"every run of rung {k} diverged or has no validation metric; try smaller --lrs")
         # stable sort: full ties keep grid order
-        ranked = sorted(finite, key=lambda cv: (-cv[1] if greater else cv[1], tiebreak[cv[0]]))
+        higher = greater() if callable(greater) else greater
+        ranked = sorted(finite, key=lambda cv: (-cv[1] if higher else cv[1], tiebreak[cv[0]]))
         keep = rungs[k + 1].cells if k + 1 < len(rungs) else 1
         alive = [cell for cell, _ in ranked[:keep]]
         records += [{"rung": k, "steps": rung.steps, "lr": cell[0], "ratio": cell[1], "value": v,
@@ -141,7 +142,8 @@ def tune(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir
     tuning = dataclasses.replace(base, dataset_name=None, dataset_config_name=None, train_file=source,
                                  validation_file=None, test_file=None, loraplus_lr_other=lr_other,
                                  save_steps=None, feature_learning_steps=None)
-    greater = base.task == "classification"
+    # accuracy / pearson rank higher-first, eval loss lower-first: the runs' summaries say which they report
+    metric_of_runs = {"metric": "accuracy" if base.task == "classification" else "loss"}
     summaries: dict[tuple[Cell, int], dict] = {}
 
     def score(cell: Cell, rung: int, steps: int) -> float | None:
@@ -155,6 +157,7 @@ def tune(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir
         for checkpoint in run_dir.glob("checkpoint-*"):  # only needed to resume the run mid-way
             shutil.rmtree(checkpoint, ignore_errors=True)
         summaries[cell, rung] = {**summary, "run_dir": str(run_dir.relative_to(out)), "reused": reused}
+        metric_of_runs["metric"] = summary.get("metric") or metric_of_runs["metric"]
         value = _validation_value(summary)
         n = rungs[rung].cells
         done = sum(1 for _, k in summaries if k == rung)
@@ -165,7 +168,7 @@ def tune(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir
         return value, loss if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
 
     try:
-        records, chosen = successive_halving(cells, rungs, score, greater=greater)
+        records, chosen = successive_halving(cells, rungs, score, greater=lambda: metric_of_runs["metric"] != "loss")
     except LoraPlusError:
         if created and not any(out.rglob("summary.json")):  # a config error in the first run: leave nothing
             shutil.rmtree(out, ignore_errors=True)
@@ -186,7 +189,8 @@ def tune(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir
                  "budget": budget, "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
                  "reused_runs": sum(s["reused"] for s in summaries.values())},
         "protocol": {"lrs": list(dict.fromkeys(lrs)), "ratios": list(dict.fromkeys(ratios)), "eta": eta,
-                     "budget_rule": budget_rule, "greater_is_better": greater, "loraplus_lr_other": lr_other,
+                     "budget_rule": budget_rule, "greater_is_better": metric_of_runs["metric"] != "loss",
+                     "loraplus_lr_other": lr_other,
                      "survivors": "restart with the longer schedule",
                      "validation": f"{base.validation_split_ratio:g} of the training data, carved with seed "
                                    f"{base.seed}; the validation and test files are never read"},

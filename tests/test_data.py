@@ -22,6 +22,7 @@ from loraplus.errors import LoraPlusError
 from loraplus.metrics import (
     classification_metrics,
     compute_metrics_for,
+    label_word_eval_for,
     label_word_ids,
     label_word_logprobs,
     regression_metrics,
@@ -233,6 +234,34 @@ def test_scorer_matches_manual_log_probs(tok):
                 logp = torch.log_softmax(model(torch.tensor([prompt + w])).logits[0], -1)
             manual = sum(logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(w))
             assert scores[n, k] == pytest.approx(manual, abs=1e-4)
+
+
+def test_label_words_scored_inside_evaluation_predict_as_the_scorer(tok):
+    """One-token words: the Trainer-evaluation scores (logits before the word) give score_label_words' argmax."""
+    from transformers import EvalPrediction, LlamaConfig, LlamaForCausalLM
+
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                         pad_token_id=tok.pad_token_id))
+    rows = [{"text": t, "label": k % 2} for k, t in enumerate(["short", "a much longer review text", "ok", "fine x"])]
+    out, _, words = prepare_label_words(splits(rows), tok, text_column="text", text_pair_column=None,
+                                        label_column="label", label_words=["bad", "good"], prompt_template=None,
+                                        max_length=32)
+    preprocess, compute = label_word_eval_for(label_word_ids(tok, words))
+    batch = collator_for("label_words", tok)([out["train"][i] for i in range(len(rows))])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    scores = preprocess(logits, batch["labels"])
+    expected = score_label_words(model, tok, out["train"], words, batch_size=4)
+    assert scores.argmax(dim=-1).tolist() == expected.tolist()
+    metrics = compute(EvalPrediction(predictions=scores.numpy(), label_ids=batch["labels"].numpy()))
+    assert metrics["accuracy"] == pytest.approx(np.mean(expected == np.array([r["label"] for r in rows])))
+
+
+def test_words_of_several_tokens_are_not_scored_inside_evaluation():
+    assert label_word_eval_for([[5], [6, 7]]) is None and label_word_eval_for([[5], [5]]) is None
 
 
 def test_lm_collator_pads_labels_and_drops_extras(tok):
