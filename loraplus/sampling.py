@@ -9,10 +9,11 @@ forward and backward on its own, with its loss weighted by its share of the batc
 averaged gradient, less padding.
 
 Where to cut: each micro-batch costs its padded tokens plus a fixed overhead (a forward and backward of
-every layer, however small the tensors; `length_micro_batch_cost`, in tokens: 128 fits MiniLM on a
-2-core CPU, about 65 ms per micro-batch against 0.54 ms per token in results/speed). The cuts minimise
-the sum, so a batch of similar lengths runs whole and a batch with a long tail is cut where the tail
-ends, not into equal parts.
+every layer, however small the tensors; `length_micro_batch_cost`, in tokens: 128 is what a linear fit
+gave for MiniLM on a 2-core CPU, about 65 ms per micro-batch against 0.54 ms per token). The cuts
+minimise the sum, so a batch of similar lengths runs whole and a batch with a long tail is cut where
+the tail ends, not into equal parts. On MNLI that ran no faster than equal quarters (results/speed):
+the fit is rough, and fewer, larger micro-batches are not cheaper per token by as much as it says.
 
 A BERT-like encoder packs instead (packing.py): its layers then pay for real tokens only, and its
 batches run whole.
