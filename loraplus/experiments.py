@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .config import TrainConfig, lr_grid, parse_floats, parse_train_args, split_flags
 from .errors import LoraPlusError
-from .runs import run_cell
+from .runs import greater_is_better, run_cell
 
 METHODS = {"lora": 1.0, "loraplus": None}  # None: the ratio from --ratios
 
@@ -58,7 +58,7 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
             summary = run_cell(cfg, role="tune")
             tuning[lr] = summary["best_metric"] if summary["best_metric"] is not None else float("nan")
             metrics.add(summary["metric"])
-        greater = _greater_is_better(metrics)
+        greater = greater_is_better(metrics)
         results["protocol"]["greater_is_better"] = greater
         chosen = _best(tuning, greater)
         finals = {}
@@ -81,11 +81,6 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
     (out / "report.md").write_text(report(results))
     _plot_curves(results, out / "curves.png")
     return results
-
-
-def _greater_is_better(metrics: set) -> bool:
-    """Runs rank by accuracy / pearson (higher is better) or, for language modelling, eval loss."""
-    return bool(metrics - {None}) and "loss" not in metrics
 
 
 def _best(scores: dict[float, float], greater: bool) -> float:
@@ -186,7 +181,7 @@ def sweep(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_di
             cells.append({"lr_A": lr, "ratio": ratio, "lr_B": lr * ratio, "metric": summary["metric"],
                           "value": summary["best_metric"], "diverged": "diverged" in summary})
     scored = [c for c in cells if c["value"] is not None and math.isfinite(c["value"])]
-    greater = _greater_is_better({c["metric"] for c in cells})
+    greater = greater_is_better({c["metric"] for c in cells})
     best = (max if greater else min)(scored, key=lambda c: c["value"]) if scored else None
     result = {"cells": cells, "best": best, "lr_other": lr_other}
     out.mkdir(parents=True, exist_ok=True)

@@ -6,9 +6,8 @@ batch runs at once: before the first layer the encoder's input is packed into on
 tokens, every linear layer, norm, activation and dropout works on that, and only attention scatters
 queries, keys and values back to a padded layout, per group of rows of similar length, to run the
 model's own attention function with a padding mask. After the last layer the output is unpacked
-(padding positions hold zeros). Position
-and token-type embeddings are added before packing, so each token keeps its place in its sequence: the
-model computes the same function, on fewer tokens.
+(padding positions hold zeros). Position and token-type embeddings are added before packing, so each
+token keeps its place in its sequence: the model computes the same function, on fewer tokens.
 
 Supported: encoders built like BERT (a module with `embeddings` and `encoder.layer`, attention through
 transformers' attention-function registry); `enable_packing` says whether it applied. Only training

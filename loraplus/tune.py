@@ -40,7 +40,7 @@ from pathlib import Path
 
 from .config import TrainConfig, lr_grid, parse_floats, parse_train_args, split_flags
 from .errors import LoraPlusError
-from .runs import check_reusable, run_cell
+from .runs import check_reusable, greater_is_better, run_cell
 
 RATIOS = (1, 2, 4, 8, 16, 32)  # default ratio grid: plain LoRA up to twice the paper's 2^4
 BUDGET_RUNS = 4  # default budget: the optimizer steps of this many training runs as configured
@@ -142,8 +142,6 @@ def tune(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir
     tuning = dataclasses.replace(base, dataset_name=None, dataset_config_name=None, train_file=source,
                                  validation_file=None, test_file=None, loraplus_lr_other=lr_other,
                                  save_steps=None, feature_learning_steps=None)
-    # accuracy / pearson rank higher-first, eval loss lower-first: the runs' summaries say which they report
-    metric_of_runs = {"metric": "accuracy" if base.task == "classification" else "loss"}
     summaries: dict[tuple[Cell, int], dict] = {}
 
     def score(cell: Cell, rung: int, steps: int) -> float | None:
@@ -157,7 +155,6 @@ def tune(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir
         for checkpoint in run_dir.glob("checkpoint-*"):  # only needed to resume the run mid-way
             shutil.rmtree(checkpoint, ignore_errors=True)
         summaries[cell, rung] = {**summary, "run_dir": str(run_dir.relative_to(out)), "reused": reused}
-        metric_of_runs["metric"] = summary.get("metric") or metric_of_runs["metric"]
         value = _validation_value(summary)
         n = rungs[rung].cells
         done = sum(1 for _, k in summaries if k == rung)
@@ -168,7 +165,9 @@ def tune(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir
         return value, loss if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
 
     try:
-        records, chosen = successive_halving(cells, rungs, score, greater=lambda: metric_of_runs["metric"] != "loss")
+        # the direction follows the metric the runs report (accuracy, pearson or eval loss)
+        records, chosen = successive_halving(cells, rungs, score, greater=lambda: greater_is_better(
+            s.get("metric") for s in summaries.values()))
     except LoraPlusError:
         if created and not any(out.rglob("summary.json")):  # a config error in the first run: leave nothing
             shutil.rmtree(out, ignore_errors=True)
@@ -189,7 +188,8 @@ def tune(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir
                  "budget": budget, "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
                  "reused_runs": sum(s["reused"] for s in summaries.values())},
         "protocol": {"lrs": list(dict.fromkeys(lrs)), "ratios": list(dict.fromkeys(ratios)), "eta": eta,
-                     "budget_rule": budget_rule, "greater_is_better": metric_of_runs["metric"] != "loss",
+                     "budget_rule": budget_rule, "greater_is_better": greater_is_better(
+                         s.get("metric") for s in summaries.values()),
                      "loraplus_lr_other": lr_other,
                      "survivors": "restart with the longer schedule",
                      "validation": f"{base.validation_split_ratio:g} of the training data, carved with seed "
