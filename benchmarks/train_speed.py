@@ -1,8 +1,10 @@
 """Wall-clock of one LoRA epoch: `loraplus train` against plain PEFT + Trainer baselines, side by side.
 
-    python benchmarks/train_speed.py --data ../shared/data/glue/mnli [--seeds 42,43] [--max_steps N] [--out F]
+    python benchmarks/train_speed.py --data ../shared/data/glue/mnli [--seeds 42,43] [--max_steps N]
+        [--no_dropout] [--out F]
 
-Runs, in one process and one after another on the same machine: the float32 matmul rate
+Runs, one after another on the same machine, each arm and seed in a fresh process (seed by seed, the
+arms interleaved, so a drifting machine or a warm allocator favours no arm): the float32 matmul rate
 (2048^3, median of 5, before and after the arms), a plain PEFT + Trainer baseline written as HF's
 run_glue does (pad every example to 128 tokens), the same baseline with dynamic padding, `loraplus
 train` (random batches; the encoder's layers run on real tokens only, packed; cheaper CPU dropout
@@ -16,6 +18,12 @@ and std over seeds; time: median); the padded baseline and the ablations are tim
 run the first seed only. Training time excludes evaluation; dev accuracy is measured after
 training for each run. Achieved FLOP/s counts ~4 x non-embedding parameters x real (unpadded) tokens
 per LoRA step: forward 2N, backward to activations 2N; frozen weights need no weight gradients.
+
+--no_dropout turns the model's own dropout off in every arm (a copy of minilm's config with hidden,
+attention and classifier dropout 0; LoRA dropout is 0 throughout). The arms then differ only in how
+they order floating-point sums, so at the same seed their dev accuracies must agree: this is the
+check that the speed costs no accuracy, which seed-to-seed dropout noise (several points after one
+epoch) would otherwise hide.
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,17 +61,15 @@ def load_mnli(data: Path):
     return load_dataset("json", data_files=files)
 
 
-def baseline(data: Path, out: Path, *, pad_to_max: bool, max_steps: int, seed: int) -> dict:
+def baseline(data: Path, out: Path, model: str, *, pad_to_max: bool, max_steps: int, seed: int) -> dict:
     """Plain PEFT + Trainer, written the way users write it today (HF run_glue style)."""
     import numpy as np
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               Trainer, TrainingArguments, default_data_collator, set_seed)
 
-    from loraplus.models import resolve_model
-
     set_seed(seed)
-    path = resolve_model("minilm")
+    path = model
     raw = load_mnli(data)
     names = sorted(set(raw["train"]["label"]))
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -99,12 +107,12 @@ def baseline(data: Path, out: Path, *, pad_to_max: bool, max_steps: int, seed: i
     return out
 
 
-def loraplus_run(data: Path, out: Path, *, max_steps: int, seed: int, extra: list[str] = ()) -> dict:
+def loraplus_run(data: Path, out: Path, model: str, *, max_steps: int, seed: int, extra: list[str] = ()) -> dict:
     """`loraplus train` with the same settings (ratio 1: plain LoRA, same algorithm as the baselines)."""
     from loraplus.config import parse_train_args
     from loraplus.pipeline import train
 
-    argv = ["--model_name_or_path", "minilm", "--train_file", str(data / "train.jsonl"),
+    argv = ["--model_name_or_path", model, "--train_file", str(data / "train.jsonl"),
             "--validation_file", str(data / "dev.jsonl"), "--text_pair_column", "text_pair",
             "--output_dir", str(out), "--overwrite_output_dir", "--learning_rate", str(LR),
             "--loraplus_lr_ratio", "1", "--lora_r", "8", "--lora_alpha", "8", "--lora_dropout", "0",
@@ -146,11 +154,39 @@ ABLATION_FLAGS = {"loraplus_micro": ["--packed_sequences", "false"],
 TIMING_ONLY = ("padded", "loraplus_micro", "loraplus_torch_dropout", "loraplus_grouped")
 
 
-def run_arm(arm: str, data: Path, work: Path, *, max_steps: int, seed: int) -> dict:
+def run_arm(arm: str, data: Path, work: Path, model: str, *, max_steps: int, seed: int) -> dict:
     out = work / f"{arm}_seed{seed}"
     if arm.startswith("loraplus"):
-        return loraplus_run(data, out, max_steps=max_steps, seed=seed, extra=ABLATION_FLAGS.get(arm, []))
-    return baseline(data, out, pad_to_max=arm == "padded", max_steps=max_steps, seed=seed)
+        return loraplus_run(data, out, model, max_steps=max_steps, seed=seed, extra=ABLATION_FLAGS.get(arm, []))
+    return baseline(data, out, model, pad_to_max=arm == "padded", max_steps=max_steps, seed=seed)
+
+
+def model_without_dropout(work: Path) -> str:
+    """A folder that loads as minilm with its dropout off: the weights linked, the config edited."""
+    from loraplus.models import resolve_model
+
+    source, folder = Path(resolve_model("minilm")), work / "minilm-no-dropout"
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in source.iterdir():
+        target = folder / file.name
+        if file.name == "config.json":
+            config = json.loads(file.read_text())
+            config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+            target.write_text(json.dumps(config, indent=1))
+        elif file.is_file() and not target.exists():
+            target.symlink_to(file.resolve())
+    return str(folder)
+
+
+def run_arm_in_fresh_process(arm: str, args, model: str, seed: int) -> dict:
+    """One arm and seed in its own interpreter: no allocator, thread pool or cache carried between arms."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Path(tmp) / "result.json"
+        command = [sys.executable, __file__, "--data", str(args.data), "--work", str(args.work),
+                   "--max_steps", str(args.max_steps), "--one_arm", arm, "--model", model,
+                   "--seeds", str(seed), "--out", str(result)]
+        subprocess.run(command, check=True)
+        return json.loads(result.read_text())
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -169,19 +205,36 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--seeds", default="42,43",
-                        help="every arm but 'padded' runs each seed (accuracy: mean and std; time: median)")
+                        help="every arm but the timing references runs each seed (accuracy: mean and std; "
+                             "time: median)")
+    parser.add_argument("--no_dropout", action="store_true",
+                        help="the model's dropout off in every arm: same seed, same computation, same accuracy")
+    parser.add_argument("--one_arm", help=argparse.SUPPRESS)  # internal: run one arm here, write --out
+    parser.add_argument("--model", default="minilm", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     seeds = [int(v) for v in args.seeds.split(",")]
+    if args.one_arm:
+        result = run_arm(args.one_arm, args.data, args.work, args.model, max_steps=args.max_steps, seed=seeds[0])
+        args.out.write_text(json.dumps(result))
+        return 0
     arms = args.arms.split(",")
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        parser.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    model = model_without_dropout(args.work) if args.no_dropout else "minilm"
     torch.manual_seed(0)
     rates = [matmul_gflops()]
-    results = {"threads": torch.get_num_threads(), "seeds": seeds, "lr": LR, "batch": BATCH}
-    for arm in arms:
-        runs = []
-        for seed in seeds[:1] if arm in TIMING_ONLY else seeds:
+    results = {"threads": torch.get_num_threads(), "seeds": seeds, "lr": LR, "batch": BATCH,
+               "model_dropout": not args.no_dropout}
+    runs = {arm: [] for arm in arms}
+    for i, seed in enumerate(seeds):
+        for arm in arms:
+            if i and arm in TIMING_ONLY:
+                continue
             print(f"running {arm}, seed {seed} ...", file=sys.stderr, flush=True)
-            runs.append(run_arm(arm, args.data, args.work, max_steps=args.max_steps, seed=seed))
-        results[arm] = summarise(runs)
+            runs[arm].append(run_arm_in_fresh_process(arm, args, model, seed))
+    for arm in arms:
+        results[arm] = summarise(runs[arm])
     rates.append(matmul_gflops())  # before and after: a drifting machine shows up as two different rates
     results["matmul_gflops_fp32"] = statistics.mean(rates)
     results["matmul_gflops_fp32_before_after"] = rates
