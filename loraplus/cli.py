@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 
@@ -127,6 +128,21 @@ def _tune(argv: list[str]) -> int:
     return main_tune(argv)
 
 
+def _usage_of(command: str) -> str:
+    """The command's lines of USAGE (its synopsis and the indented lines under it)."""
+    lines, inside = [], False
+    for line in USAGE.splitlines():
+        if line.startswith(f"  {command} "):
+            inside = True
+        elif not line.startswith("    "):
+            inside = False
+        if inside:  # a synopsis and its description may share a line, two or more spaces apart
+            lines += re.split(r"\s{2,}", line.strip())
+    return "usage: loraplus " + "\n    ".join(lines)
+
+
+# train, tune, toy and diagnose print their own, longer help; the others show their USAGE lines
+SHORT_HELP = ("eval", "merge", "demo", "compare", "sweep")
 COMMANDS = {"train": _train, "eval": _eval, "merge": _merge, "demo": _demo, "toy": _toy, "diagnose": _diagnose,
             "compare": _compare, "sweep": _sweep, "tune": _tune}
 
@@ -141,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         print(f"error: unknown command '{argv[0]}'; use one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    if argv[0] in SHORT_HELP and any(a in ("-h", "--help") for a in argv[1:]):
+        print(_usage_of(argv[0]))
+        if argv[0] in ("compare", "sweep"):
+            print("--key value: any `loraplus train` key (`loraplus train --help` lists them)")
+        return 0
     _setup_logging()
     try:
         return command(argv[1:])

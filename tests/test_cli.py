@@ -133,3 +133,11 @@ def test_feature_learning_monitor_and_diagnose(tmp_path, bert_dir, sentiment, ca
     capsys.readouterr()
     assert main(["diagnose", str(out)]) == 0
     assert (out / "feature_learning.png").stat().st_size > 0 and capsys.readouterr().out.strip()
+
+
+@pytest.mark.parametrize("command", ["eval", "merge", "demo", "compare", "sweep"])
+def test_command_help_prints_its_usage(command, capsys):
+    """`loraplus COMMAND --help` prints that command's usage and exits 0 instead of reading --help as a key."""
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: loraplus {command} ") and "unknown" not in out
