@@ -32,6 +32,9 @@ commands:
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    # Deprecation notices between the libraries (e.g. PEFT calling a renamed transformers method) are for
+    # their developers; on the CLI they would push a user error off its one line.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|accelerate)\.")
     logging.getLogger("loraplus").setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -42,6 +45,8 @@ def _setup_logging() -> None:
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
         datasets.disable_progress_bars()
+        # datasets logs a parse failure before raising it; the raised error becomes our one line.
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     except ImportError:  # pragma: no cover
         pass
 

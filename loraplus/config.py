@@ -121,20 +121,23 @@ class TrainConfig:
         """Raise a one-line LoraPlusError naming the first invalid value and its fix; return when all are valid."""
         for name, hint in _own_hints().items():  # programmatic configs skip the parser's coercion
             value = getattr(self, name)
+            if isinstance(value, float) and math.isnan(value):
+                continue  # nan != nan; the range checks below name it
             if _coerce(name, value, hint) != value:
                 _fail(f"bad value for {name}: expected {_type_name(hint)}, got {value!r}")
         tm, words = self.lora_target_modules, self.label_words
         checks = [
             (self.task in TASKS, f"unknown task '{self.task}'; use one of {', '.join(TASKS)}"),
-            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}; try 2e-4"),
-            (self.loraplus_lr_ratio > 0, (f"loraplus_lr_ratio must be > 0, got {self.loraplus_lr_ratio}; "
-                                          "use 16 for LoRA+ or 1 for plain LoRA")),
-            (self.loraplus_lr_embedding is None or self.loraplus_lr_embedding > 0,
-             f"loraplus_lr_embedding must be > 0, got {self.loraplus_lr_embedding}; or none for learning_rate"),
-            (self.loraplus_lr_other is None or self.loraplus_lr_other > 0,
-             f"loraplus_lr_other must be > 0, got {self.loraplus_lr_other}; or none for learning_rate"),
+            (_positive(self.learning_rate), f"learning_rate must be a number > 0, got {self.learning_rate}; try 2e-4"),
+            (_positive(self.loraplus_lr_ratio), (f"loraplus_lr_ratio must be a number > 0, got "
+                                                 f"{self.loraplus_lr_ratio}; use 16 for LoRA+ or 1 for plain LoRA")),
+            (self.loraplus_lr_embedding is None or _positive(self.loraplus_lr_embedding),
+             f"loraplus_lr_embedding must be a number > 0, got {self.loraplus_lr_embedding}; "
+             "or none for learning_rate"),
+            (self.loraplus_lr_other is None or _positive(self.loraplus_lr_other),
+             f"loraplus_lr_other must be a number > 0, got {self.loraplus_lr_other}; or none for learning_rate"),
             (self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}; try 8"),
-            (self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}; try 2 * lora_r"),
+            (_positive(self.lora_alpha), f"lora_alpha must be a number > 0, got {self.lora_alpha}; try 2 * lora_r"),
             (0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}; try 0.05"),
             (tm != [] and ((isinstance(tm, list) and "all-linear" not in tm) or tm in (None, "all-linear")),
              f"lora_target_modules must be module names, or just all-linear, got {tm!r}"),
@@ -152,8 +155,8 @@ class TrainConfig:
              f"length_micro_batches must be >= 1, got {self.length_micro_batches}; 1 turns it off"),
             (self.length_micro_batch_cost >= 0,
              f"length_micro_batch_cost must be >= 0 tokens, got {self.length_micro_batch_cost}"),
-            (self.max_steps > 0 or self.num_train_epochs > 0,
-             (f"num_train_epochs must be > 0 when max_steps is not set, got {self.num_train_epochs}; "
+            (self.max_steps > 0 or _positive(self.num_train_epochs),
+             (f"num_train_epochs must be a number > 0 when max_steps is not set, got {self.num_train_epochs}; "
               "set --num_train_epochs or --max_steps")),
             (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}; try 0.06"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
@@ -334,6 +337,30 @@ def training_arguments_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         kw["bf16"] = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     kw.update(cfg.trainer_args)  # keys the user named explicitly win
     return kw
+
+
+def check_training_arguments(kwargs: dict[str, Any]) -> None:
+    """Build TrainingArguments once, before any loading, so its own checks end in one line, not a traceback."""
+    import torch
+    from transformers import TrainingArguments
+
+    if kwargs.get("bf16") and not kwargs.get("use_cpu") and not torch.cuda.is_available():
+        _fail("bf16 true needs a GPU with bfloat16 and none is visible; use --bf16 auto, "
+              "or add --use_cpu true for bfloat16 autocast on the CPU")
+    if kwargs.get("deepspeed"):
+        # A DeepSpeed TrainingArguments registers its config globally (ZeRO-3 init at from_pretrained); a
+        # throwaway one could leave that half-set for the model load. Its file was checked already.
+        return
+    try:
+        TrainingArguments(**kwargs)
+    except (ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        _fail(f"the Trainer refuses these settings: {first}")
+
+
+def _positive(value: float) -> bool:
+    """A finite number above zero (nan and inf are neither a learning rate nor a length of training)."""
+    return math.isfinite(value) and value > 0
 
 
 def _fail(message: str) -> NoReturn:

@@ -91,7 +91,8 @@ def _load_file(path: str | os.PathLike, split: str) -> Dataset:
     try:
         return load_dataset(builder, data_files={split: str(path)}, split=split, **kwargs)
     except Exception as e:  # pyarrow/pandas parse errors come in many types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        cause = e.__cause__ or e  # datasets wraps the parser's error ("JSON parse error: ... in row 1")
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise LoraPlusError(f"cannot read {split} file {path} as {builder} ({first}); "
                             f"fix the file or convert it to jsonl") from e
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import TrainConfig, training_arguments_kwargs
+from .config import TrainConfig, check_training_arguments, training_arguments_kwargs
 from .errors import LoraPlusError
 
 logger = logging.getLogger("loraplus")
@@ -209,6 +209,9 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
 
     cfg.validate()
     kwargs = training_arguments_kwargs(cfg)  # checks optim / scheduler names before any loading
+    if cpu_only_launch():  # torchrun on CPUs: DDP over gloo, not N independent runs writing one folder
+        kwargs.setdefault("use_cpu", True)
+    check_training_arguments(kwargs)
     check_engine_settings(kwargs)  # FSDP / DeepSpeed settings that would erase lr_B = ratio * lr_A
     resume = check_output_dir(cfg)
     model_path = resolve_model(cfg.model_name_or_path)
@@ -238,8 +241,6 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
     kwargs.setdefault("save_total_limit", 2)
     kwargs.setdefault("disable_tqdm", not sys.stderr.isatty())
     kwargs.setdefault("dataloader_pin_memory", _cuda())
-    if cpu_only_launch():  # torchrun on CPUs: DDP over gloo, not N independent runs writing one folder
-        kwargs.setdefault("use_cpu", True)
     kwargs.pop("resume_from_checkpoint", None)
     args = LoraPlusTrainingArguments(**kwargs, loraplus_lr_ratio=cfg.loraplus_lr_ratio,
                                      loraplus_lr_embedding=cfg.loraplus_lr_embedding,

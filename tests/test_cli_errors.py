@@ -40,12 +40,14 @@ def env(tmp_path_factory):
         "yaml_bad": str(root / "bad.yaml"),
         "yaml_list": str(root / "list.yaml"),
         "txt": str(root / "data.txt"),
+        "broken_json": str(root / "broken.jsonl"),
         "existing": root / "existing-run",
         "nonempty": root / "nonempty",
     }
     Path(files["yaml_bad"]).write_text("learning_rate: [1e-3\nlora_r: 8\n")
     Path(files["yaml_list"]).write_text("- a\n- b\n")
     Path(files["txt"]).write_text("hello\n")
+    Path(files["broken_json"]).write_text('{"text": "a", "label": "pos"}\n{"text": broken\n')
     files["existing"].mkdir()
     (files["existing"] / "summary.json").write_text("{}")
     files["nonempty"].mkdir()
@@ -76,6 +78,10 @@ def cases(root, model, f):
         "targets match nothing": ([*base, "--lora_target_modules", "q_proj"], "query"),
         "ratio zero": ([*base, "--loraplus_lr_ratio", "0"], "loraplus_lr_ratio"),
         "negative lr": ([*base, "--learning_rate", "-1e-3"], "learning_rate"),
+        "nan lr": ([*base, "--learning_rate", "nan"], "learning_rate must be a number > 0"),
+        "infinite ratio": ([*base, "--loraplus_lr_ratio", "inf"], "loraplus_lr_ratio"),
+        "json that does not parse": ([*base, "--validation_file", f["broken_json"]], "json parse error"),
+        "trainer refuses a setting": ([*base, "--eval_strategy", "sometimes"], "sometimes"),
         "unknown task": ([*base, "--task", "translation"], "classification"),
         "bad int": ([*base, "--max_steps", "ten"], "max_steps"),
         "flag without value": ([*base, "--learning_rate"], "learning_rate"),
@@ -98,7 +104,7 @@ def cases(root, model, f):
 
 
 CASE_NAMES = list(cases(Path("/x"), "m", {k: "" for k in ("train", "unseen", "empty", "sentence", "yaml_bad",
-                                                          "yaml_list", "txt")}))
+                                                          "yaml_list", "txt", "broken_json")}))
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
@@ -134,3 +140,15 @@ def test_merge_refuses_nonempty_target(env, capsys):
     (run / "config.yaml").write_text("lora_r: 8\n")
     assert main(["merge", str(run), str(files["nonempty"])]) == 2
     assert (files["nonempty"] / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
+def test_bf16_without_gpu_is_refused_before_loading(env, capsys):
+    """bf16 true on a CPU-only machine ends in one line that names the fix, before any model loads."""
+    root, model, files = env
+    argv = ["train", "--model_name_or_path", model, "--train_file", files["train"], "--output_dir",
+            str(root / "never-written"), "--bf16", "true"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--use_cpu true" in err[0]
+    assert not (root / "never-written").exists()
