@@ -27,6 +27,7 @@ import torch
 from accelerate.utils import DistributedType
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from .target_logits import TargetLogitsMixin
 from .trainer import LoraPlusTrainer
 
 def sorted_within_batches(lengths: list[int], batch_size: int, generator: torch.Generator | None = None) -> list[int]:
@@ -183,5 +184,5 @@ class SortedWithinBatchesMixin:
         return result * self._part_weight
 
 
-class SortedBatchesLoraPlusTrainer(SortedWithinBatchesMixin, LoraPlusTrainer):
-    """The trainer `loraplus train` runs."""
+class SortedBatchesLoraPlusTrainer(SortedWithinBatchesMixin, TargetLogitsMixin, LoraPlusTrainer):
+    """The trainer `loraplus train` runs: random batches sorted inside, causal LMs' logits at targets only."""
