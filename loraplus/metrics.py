@@ -77,8 +77,14 @@ def label_word_eval_for(word_ids: list[list[int]]):
     def preprocess(logits, labels):
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
+        if logits.dim() == 2:  # logits at target rows only (target_logits.py): one row per example here
+            if len(logits) != len(labels):
+                raise RuntimeError(f"{len(logits)} target rows for {len(labels)} examples of one-token label words")
+            return logits[:, words.to(logits.device)]
         before_word = labels.ne(-100).int().argmax(dim=1) - 1  # logits at t predict token t + 1
         return logits[torch.arange(len(labels), device=logits.device), before_word][:, words.to(logits.device)]
+
+    preprocess.takes_target_logits = True  # the Trainer may compute logits at target positions only
 
     def compute(eval_pred) -> dict[str, float]:
         scores, labels = np.asarray(eval_pred.predictions), np.asarray(eval_pred.label_ids)

@@ -8,7 +8,9 @@ flattened; the model's own loss then takes `shift_labels`, the targets of exactl
 its reduction (mean, or sum over the step's item count) and everything the Trainer does around it stay
 the model's and the Trainer's: only the untargeted rows are never computed.
 
-Used in training steps only: evaluation keeps full logits for its metrics.
+Evaluation does the same when it needs no logits (a loss-only evaluation), or when its
+`preprocess_logits_for_metrics` says it reads target rows (`takes_target_logits`, the one-token
+label-word scoring of metrics.py); otherwise it keeps full logits for its metrics.
 """
 
 from __future__ import annotations
@@ -50,18 +52,25 @@ def with_target_positions(inputs: dict) -> dict:
 
 
 class TargetLogitsMixin:
-    """Trainer mixin: in training steps of a causal LM, compute logits only at positions with a target."""
+    """Trainer mixin: a causal LM computes logits only at positions with a target, where nothing reads the rest."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._target_logits = accepts_position_mask(self.model)
 
+    def _only_targets_read(self, return_outputs: bool) -> bool:
+        if not return_outputs:  # a training step: the loss is all that is used
+            return True
+        # an evaluation step: its logits go to the metrics, unless there are none or they read target rows
+        return self.compute_metrics is None or getattr(self.preprocess_logits_for_metrics, "takes_target_logits",
+                                                       False)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
         # label smoothing and a custom loss function read the full logits: they keep the plain forward
-        if (self._target_logits and model.training and not return_outputs and torch.is_tensor(labels)
-                and labels.dim() == 2 and labels.shape[1] > 1 and self.label_smoother is None
-                and self.compute_loss_func is None):
+        if (self._target_logits and torch.is_tensor(labels) and labels.dim() == 2 and labels.shape[1] > 1
+                and self.label_smoother is None and self.compute_loss_func is None
+                and self._only_targets_read(return_outputs)):
             inputs = with_target_positions(inputs)
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)

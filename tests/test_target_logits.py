@@ -1,5 +1,7 @@
 """Logits at target positions only: the same loss and gradients as the full forward, less LM head."""
 
+import json
+
 import pytest
 import torch
 from conftest import peft, tiny_bert, tiny_gpt2, tiny_llama
@@ -56,6 +58,22 @@ def test_only_target_rows_reach_the_head():
     assert seen[0][:-1] == torch.Size([int((inputs["labels"][:, 1:] != -100).sum())])
 
 
+def test_label_word_scores_from_target_rows_equal_full_logits():
+    """The evaluation's one-token label-word scores are the same from target rows as from full logits."""
+    from loraplus.metrics import label_word_eval_for
+
+    model = tiny_llama().eval()
+    inputs = batch("label_words")
+    words = [[3], [9], [17]]
+    preprocess, _ = label_word_eval_for(words)
+    assert preprocess.takes_target_logits
+    with torch.no_grad():
+        full = preprocess(model(**inputs).logits, inputs["labels"])
+        kept = preprocess(model(**with_target_positions(inputs)).logits, inputs["labels"])
+    assert kept.shape == (4, 3)
+    torch.testing.assert_close(kept, full, rtol=1e-5, atol=1e-6)
+
+
 def test_only_causal_lms_with_the_mask_are_chosen():
     """A causal LM taking logits_to_keep qualifies (wrapped or not); a sequence classifier does not."""
     assert accepts_position_mask(tiny_llama())
@@ -65,7 +83,7 @@ def test_only_causal_lms_with_the_mask_are_chosen():
 
 @pytest.mark.parametrize("task", ["label_words", "sft"])
 def test_train_with_target_logits_matches_full_logits(tmp_path, llama_dir, monkeypatch, task):
-    """`loraplus train` on a tiny Llama writes the same adapter whether the LM head runs at targets only or not."""
+    """`loraplus train` on a tiny Llama trains and evaluates the same whether the LM head runs at targets only."""
     from conftest import WORDS, write_csv
     from safetensors.torch import load_file
 
@@ -79,7 +97,7 @@ def test_train_with_target_logits_matches_full_logits(tmp_path, llama_dir, monke
     else:
         rows = [{"text": WORDS[i % 6], "label": ["good", "bad"][i % 2]} for i in range(24)]
         train, task_args = write_csv(tmp_path / "train.csv", rows), ["--label_words", "good,bad"]
-    adapters, calls = [], []
+    adapters, summaries, calls = [], [], []
     real = target_logits.with_target_positions
     monkeypatch.setattr(target_logits, "with_target_positions", lambda inputs: calls.append(1) or real(inputs))
     for keep_targets_only in (True, False):
@@ -91,7 +109,13 @@ def test_train_with_target_logits_matches_full_logits(tmp_path, llama_dir, monke
                      "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--lora_dropout", "0",
                      "--eval_steps", "2", "--report_to", "none", *task_args]) == 0
         adapters.append(load_file(out / "adapter_model.safetensors"))
-        assert len(calls) == 4  # so far: each of the first run's 4 steps, none of the second run's
+        summaries.append(json.loads((out / "summary.json").read_text())["validation"])
+        if keep_targets_only:
+            first_run_calls = len(calls)
+    # the first run's 4 training steps and its evaluation steps kept target rows only; the second run none
+    assert first_run_calls > 4 and len(calls) == first_run_calls
+    assert summaries[0]["eval_loss"] == pytest.approx(summaries[1]["eval_loss"], rel=1e-5)
+    assert summaries[0].get("eval_accuracy") == summaries[1].get("eval_accuracy")
     assert adapters[0].keys() == adapters[1].keys()
     for name, value in adapters[0].items():
         torch.testing.assert_close(value, adapters[1][name], rtol=1e-4, atol=1e-6, msg=name)
