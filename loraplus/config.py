@@ -344,7 +344,8 @@ def check_training_arguments(kwargs: dict[str, Any]) -> None:
     import torch
     from transformers import TrainingArguments
 
-    if kwargs.get("bf16") and not kwargs.get("use_cpu") and not torch.cuda.is_available():
+    accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    if kwargs.get("bf16") and not kwargs.get("use_cpu") and not accelerator:
         _fail("bf16 true needs a GPU with bfloat16 and none is visible; use --bf16 auto, "
               "or add --use_cpu true for bfloat16 autocast on the CPU")
     if kwargs.get("deepspeed"):
