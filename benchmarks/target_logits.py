@@ -83,8 +83,9 @@ def main(argv=None) -> int:
                 seconds, losses[name] = step(inputs)
                 (full if name == "full" else kept).append(seconds)
             gaps.append(abs(losses["full"] - losses["kept"]))
-        print(f"{label}: full logits {statistics.median(full):.3f} s, logits at targets {statistics.median(kept):.3f} s "
-              f"(medians); speed-up {statistics.median(full) / statistics.median(kept):.2f}x (median of per-batch "
+        full_s, kept_s = statistics.median(full), statistics.median(kept)
+        print(f"{label}: full logits {full_s:.3f} s, logits at targets {kept_s:.3f} s "
+              f"(medians); speed-up {full_s / kept_s:.2f}x (median of per-batch "
               f"ratios {statistics.median(f / k for f, k in zip(full, kept)):.2f}x); largest loss difference "
               f"{max(gaps):.2e}")
     return 0
