@@ -198,6 +198,24 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+# Encoder families that transformers also maps to AutoModelForCausalLM (BertLMHeadModel and kin): the
+# class loads, but a checkpoint not trained as a decoder is no language model, and training it as one
+# would run and mean nothing.
+ENCODER_ONLY = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "roc_bert", "data2vec-text")
+
+
+def _require_decoder(path: str, task: str) -> None:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return  # from_pretrained, next, names what is wrong with the folder
+    if config.model_type in ENCODER_ONLY and not getattr(config, "is_decoder", False):
+        raise LoraPlusError(f"task {task} needs a causal language model, but this model is a {config.model_type} "
+                            f"encoder; use --task classification, or a causal LM such as smollm2-135m")
+
+
 def load_model(path: str, *, task: str, num_labels: int | None = None, id2label: dict | None = None,
                problem_type: str | None = None, dtype=None, pad_token_id: int | None = None,
                allow_pickle: bool = False):
@@ -239,6 +257,7 @@ def load_model(path: str, *, task: str, num_labels: int | None = None, id2label:
         kwargs["ignore_mismatched_sizes"] = True
         auto = AutoModelForSequenceClassification
     else:
+        _require_decoder(path, task)
         auto = AutoModelForCausalLM
     try:
         model = auto.from_pretrained(path, **kwargs)

@@ -83,6 +83,7 @@ def cases(root, model, f):
         "json that does not parse": ([*base, "--validation_file", f["broken_json"]], "json parse error"),
         "trainer refuses a setting": ([*base, "--eval_strategy", "sometimes"], "sometimes"),
         "unknown task": ([*base, "--task", "translation"], "classification"),
+        "causal task on an encoder": ([*base, "--task", "label_words"], "needs a causal language model"),
         "bad int": ([*base, "--max_steps", "ten"], "max_steps"),
         "flag without value": ([*base, "--learning_rate"], "learning_rate"),
         "dropout out of range": ([*base, "--lora_dropout", "1.5"], "lora_dropout"),
