@@ -169,7 +169,7 @@ def _plot_curves(results: dict, path: Path) -> None:
 
 
 def sweep(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir: str) -> dict:
-    """One tuning run per (lr_A, ratio) cell; heatmap of the validation metric over (lr_A, lr_B)."""
+    """One tuning run per (lr_A, ratio) cell; heatmap of its best validation metric over (lr_A, lr_B)."""
     out = Path(output_dir)
     lr_other = base.loraplus_lr_other or base.learning_rate
     cells = []
@@ -206,7 +206,7 @@ def _plot_heatmap(cells: list[dict], best: dict | None, path: Path) -> None:
     ax.plot([lo, hi], [lo, hi], "w--", label="ratio 1 (plain LoRA)")
     if best:
         ax.plot(math.log10(best["lr_A"]), math.log10(best["lr_B"]), "r*", markersize=18, label="best")
-    ax.set(xlabel="log10 lr_A", ylabel="log10 lr_B", title="final metric over (lr_A, lr_B)")
+    ax.set(xlabel="log10 lr_A", ylabel="log10 lr_B", title="best metric over the run, per (lr_A, lr_B)")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
