@@ -28,9 +28,10 @@ TASKS = ("classification", "causal_lm", "sft", "label_words")
 
 # Per-architecture LoRA targets: the attention query/value projections, as in the LoRA and
 # LoRA+ papers (Hu et al. 2021, Sec. 7.1; Hayou et al. 2024, App. C).
+BERT_LIKE = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "albert", "megatron-bert", "xmod",
+             "roberta-prelayernorm")
 _DEFAULT_TARGETS: dict[str, list[str]] = {
-    **{t: ["query", "value"] for t in ("bert", "roberta", "xlm-roberta", "camembert", "electra",
-                                       "ernie", "albert", "megatron-bert", "xmod", "roberta-prelayernorm")},
+    **{t: ["query", "value"] for t in BERT_LIKE},
     "distilbert": ["q_lin", "v_lin"],
     "deberta": ["in_proj"],
     "deberta-v2": ["query_proj", "value_proj"],
@@ -198,10 +199,10 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-# Encoder families that transformers also maps to AutoModelForCausalLM (BertLMHeadModel and kin): the
-# class loads, but a checkpoint not trained as a decoder is no language model, and training it as one
-# would run and mean nothing.
-ENCODER_ONLY = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "roc_bert", "data2vec-text")
+# Encoder families. Several also map to AutoModelForCausalLM (BertLMHeadModel and kin): the class loads,
+# but a checkpoint not trained as a decoder is no language model, and training it as one would run and
+# mean nothing.
+ENCODER_ONLY = (*BERT_LIKE, "distilbert", "deberta", "deberta-v2")
 
 
 def _require_decoder(path: str, task: str) -> None:
