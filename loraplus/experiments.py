@@ -200,12 +200,16 @@ def _plot_heatmap(cells: list[dict], best: dict | None, path: Path) -> None:
     xs = [math.log10(c["lr_A"]) for c in cells]
     ys = [math.log10(c["lr_B"]) for c in cells]
     vs = [c["value"] if c["value"] is not None else float("nan") for c in cells]
-    sc = ax.scatter(xs, ys, c=vs, s=400, marker="s", cmap="viridis")
+    sc = ax.scatter(xs, ys, c=vs, s=400, marker="s", cmap="viridis", zorder=2)
     fig.colorbar(sc, label=f"validation {cells[0]['metric'] if cells else ''}")
+    for x, y, v in zip(xs, ys, vs):  # the number itself: neighbouring colours are hard to rank by eye
+        ax.annotate(f"{v:.3g}", (x, y), xytext=(0, -17), textcoords="offset points", ha="center", fontsize=7)
     lo, hi = min(xs + ys), max(xs + ys)
-    ax.plot([lo, hi], [lo, hi], "w--", label="ratio 1 (plain LoRA)")
+    # grey, behind the cells: the diagonal must show on the white background between them
+    ax.plot([lo, hi], [lo, hi], "--", color="0.5", zorder=1, label="ratio 1 (plain LoRA)")
     if best:
         ax.plot(math.log10(best["lr_A"]), math.log10(best["lr_B"]), "r*", markersize=18, label="best")
+    ax.margins(0.12)
     ax.set(xlabel="log10 lr_A", ylabel="log10 lr_B", title="best metric over the run, per (lr_A, lr_B)")
     ax.legend(loc="lower right")
     fig.tight_layout()
