@@ -179,11 +179,17 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def score(cfg: TrainConfig, model, tokenizer, dataset, prepared: PreparedData, trainer=None, prefix="test") -> dict:
-    """Metrics of `model` on a prepared split: Trainer evaluation, plus label-word accuracy."""
+def score(cfg: TrainConfig, model, tokenizer, dataset, prepared: PreparedData, trainer=None, prefix="test",
+          logged: dict | None = None) -> dict:
+    """Metrics of `model` on a prepared split: Trainer evaluation, plus label-word accuracy.
+
+    logged: this model's metrics on this split as the training loop already logged them (see
+    `logged_evaluation`); the Trainer evaluation is then not run again.
+    """
     from .metrics import classification_metrics, score_label_words
 
-    metrics = trainer.evaluate(dataset, metric_key_prefix=prefix) if trainer is not None else {}
+    metrics = logged if logged is not None else (
+        trainer.evaluate(dataset, metric_key_prefix=prefix) if trainer is not None else {})
     if cfg.task == "label_words" and f"{prefix}_accuracy" not in metrics:  # not scored in the evaluation
         predictions = score_label_words(model, tokenizer, dataset, prepared.label_words,
                                         batch_size=cfg.per_device_eval_batch_size)
@@ -191,6 +197,24 @@ def score(cfg: TrainConfig, model, tokenizer, dataset, prepared: PreparedData, t
         scored = classification_metrics(predictions, labels, len(prepared.label_names))
         metrics.update({f"{prefix}_{k}": v for k, v in scored.items()})
     return metrics
+
+
+def logged_evaluation(trainer, prefix: str) -> dict | None:
+    """The training loop's own evaluation of the weights the trainer holds now, with keys renamed to prefix.
+
+    The model after training is the last step's, or the best checkpoint's when the Trainer loaded it at the
+    end; the loop has evaluated it on its eval split if an evaluation fell on that step. Evaluating it again
+    costs a full pass for the same numbers (a minute a run for SmolLM2's label words on a CPU).
+    None when no evaluation fell on that step.
+    """
+    state = trainer.state
+    step = state.global_step
+    if trainer.args.load_best_model_at_end and state.best_model_checkpoint:
+        step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
+    for entry in reversed(state.log_history):
+        if entry.get("step") == step and "eval_loss" in entry:
+            return {f"{prefix}_{key[len('eval_'):]}": value for key, value in entry.items() if key.startswith("eval_")}
+    return None
 
 
 def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False) -> dict:
@@ -293,10 +317,13 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
         "best_metric": trainer.state.best_metric, "metric": metric,
         "role": "tune" if tuning else "final" if eval_on_test else "train",
     }
-    summary["validation"] = score(cfg, trainer.model, tokenizer, prepared.splits["validation"], prepared,
-                                  trainer, "eval")
-    if "test" in prepared.splits:
-        summary["test"] = score(cfg, trainer.model, tokenizer, prepared.splits["test"], prepared, trainer, "test")
+    # read before any evaluation below appends its own entries to the log
+    looped = "test" if eval_on_test else "validation"  # the split the training loop evaluated
+    logged = {looped: logged_evaluation(trainer, "test" if eval_on_test else "eval")}
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        if split in prepared.splits:
+            summary[split] = score(cfg, trainer.model, tokenizer, prepared.splits[split], prepared, trainer, prefix,
+                                   logged=logged.get(split))
     summary["peak_memory_mb"] = round(_peak_memory_mb(), 1)
 
     if trainer.is_world_process_zero():

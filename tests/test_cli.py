@@ -59,6 +59,27 @@ def test_eval_reproduces_reported_accuracy(classifier_run, capsys):
     assert float(printed["test_accuracy"]) == pytest.approx(reported)
 
 
+def test_validation_summary_is_the_saved_models(classifier_run, sentiment, capsys):
+    """The summary's validation accuracy, taken from the loop's log, is the saved (best) adapter's."""
+    reported = json.loads((classifier_run / "summary.json").read_text())["validation"]["eval_accuracy"]
+    capsys.readouterr()
+    assert main(["eval", str(classifier_run), "--test_file", sentiment["dev"]]) == 0
+    printed = dict(line.split(": ") for line in capsys.readouterr().out.splitlines())
+    assert float(printed["test_accuracy"]) == pytest.approx(reported)
+
+
+def test_final_evaluation_not_repeated(tmp_path, bert_dir, sentiment, monkeypatch):
+    """After training, the split the loop evaluated at the final weights is not evaluated again."""
+    from transformers import Trainer
+
+    passes = []
+    evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, *a, **k: passes.append(1) or evaluate(self, *a, **k))
+    assert main(["train", "--model_name_or_path", bert_dir, "--train_file", sentiment["train"],
+                 "--validation_file", sentiment["dev"], "--test_file", sentiment["test"], *common(tmp_path)]) == 0
+    assert len(passes) == 3  # validation at steps 2 and 4 in the loop, then test once
+
+
 def test_adapter_loads_with_peft(classifier_run, bert_dir):
     """The adapter folder loads with PeftModel.from_pretrained on the base model."""
     from peft import PeftModel
