@@ -139,7 +139,44 @@ def report(results: dict) -> str:
     for name, arm in results["arms"].items():
         scores = ", ".join(f"{lr}: {v:.4f}" for lr, v in arm["validation_by_lr"].items())
         lines.append(f"- {name}: {scores}")
+    lines += ["", "## Findings", "", *findings(results)]
     return "\n".join(lines) + "\n"
+
+
+def findings(results: dict) -> list[str]:
+    """Plain statements a reader can act on: each arm against tuned LoRA, and learning rates left untuned.
+
+    A difference counts as a finding only beyond twice its standard error over seeds; with one seed there
+    is no noise estimate, and the report says so rather than ranking the arms.
+    """
+    p, arms = results["protocol"], results["arms"]
+    grid = sorted(p["lrs"])
+    better = "higher" if p.get("greater_is_better", True) else "lower"
+    out = []
+    lora = arms.get("lora")
+    lora_final = [v for v in (lora or {}).get("final", []) if v is not None]
+    for name, arm in arms.items():
+        final = [v for v in arm["final"] if v is not None]
+        if name == "lora" or not lora_final or not final:
+            continue
+        diff = statistics.mean(final) - statistics.mean(lora_final)
+        if min(len(final), len(lora_final)) < 2:
+            verdict = "one seed per arm: no noise estimate, so no ranking; add --seeds"
+        else:
+            se = math.sqrt(statistics.variance(final) / len(final) + statistics.variance(lora_final) / len(lora_final))
+            side = "better" if (diff > 0) == (better == "higher") else "worse"
+            verdict = (f"{side} than tuned LoRA beyond seed noise (standard error {se:.4f})" if abs(diff) > 2 * se
+                       else f"not distinguishable from seed noise (standard error {se:.4f})")
+        steps = arm.get("steps_to_lora_final")
+        reach = (f"reaches tuned LoRA's final at step {steps} of {max(arm['steps'])}" if steps
+                 else "never reaches tuned LoRA's final")
+        out.append(f"- {name} − lora, final test ({better} is better): {diff:+.4f}; {verdict}; {reach}.")
+    for name, arm in arms.items():
+        if len(grid) > 1 and arm["chosen_lr"] in (grid[0], grid[-1]):
+            edge = "smallest" if arm["chosen_lr"] == grid[0] else "largest"
+            out.append(f"- {name}: the chosen lr {arm['chosen_lr']:g} is the {edge} tried, so its best may lie "
+                       f"outside the grid; extend --lrs before trusting this arm's result.")
+    return out or ["- nothing to compare: run at least lora and one LoRA+ arm."]
 
 
 def _plot_curves(results: dict, path: Path) -> None:

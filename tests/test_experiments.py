@@ -121,3 +121,36 @@ def test_speed_up_on_a_loss_counts_falling_below_lora_final():
     results = {"protocol": {"greater_is_better": False}, "arms": {"lora": lora, "loraplus_r16": plus}}
     _speedups(results)
     assert (lora["steps_to_lora_final"], plus["steps_to_lora_final"], plus["speedup_vs_lora"]) == (20, 10, 2.0)
+
+
+def _arm(final, lr):
+    return {"ratio": 1.0, "chosen_lr": lr, "final": final, "steps": [100], "curves": {}, "validation_by_lr": {},
+            "steps_to_lora_final": None}
+
+
+def _results(lora_final, plus_final, chosen=(1e-3, 1e-3), lrs=(3e-4, 1e-3, 3e-3)):
+    return {"protocol": {"lrs": list(lrs), "greater_is_better": True},
+            "arms": {"lora": _arm(lora_final, chosen[0]), "loraplus_r16": _arm(plus_final, chosen[1])}}
+
+
+@pytest.mark.parametrize("lora_final, plus_final, verdict", [
+    ([0.50, 0.51], [0.60, 0.61], "better than tuned LoRA beyond seed noise"),
+    ([0.50, 0.51], [0.40, 0.41], "worse than tuned LoRA beyond seed noise"),
+    ([0.48, 0.50], [0.47, 0.52], "not distinguishable from seed noise"),
+    ([0.50], [0.60], "no noise estimate"),
+])
+def test_findings_rank_arms_only_beyond_seed_noise(lora_final, plus_final, verdict):
+    """The report calls an arm better or worse only when the gap exceeds twice its standard error over seeds."""
+    from loraplus.experiments import findings
+
+    (line,) = findings(_results(lora_final, plus_final))
+    assert verdict in line
+
+
+def test_findings_flag_a_chosen_lr_at_the_grid_edge():
+    """An arm whose chosen lr is the grid's smallest or largest is flagged as possibly untuned."""
+    from loraplus.experiments import findings
+
+    lines = findings(_results([0.5, 0.5], [0.5, 0.5], chosen=(3e-3, 1e-3)))
+    assert any("lora: the chosen lr 0.003 is the largest" in line for line in lines)
+    assert not any(line.startswith("- loraplus_r16: the chosen") for line in lines)
