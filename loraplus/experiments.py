@@ -206,7 +206,7 @@ def _plot_curves(results: dict, path: Path) -> None:
 
 
 def sweep(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir: str) -> dict:
-    """One tuning run per (lr_A, ratio) cell; heatmap of its best validation metric over (lr_A, lr_B)."""
+    """One tuning run per (lr_A, ratio) cell; heatmap of its final validation metric over (lr_A, lr_B)."""
     out = Path(output_dir)
     lr_other = base.loraplus_lr_other or base.learning_rate
     cells = []
@@ -216,7 +216,8 @@ def sweep(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_di
                                       output_dir=str(out / f"lr{lr:g}_ratio{ratio:g}"))
             summary = run_cell(cfg, role="tune")
             cells.append({"lr_A": lr, "ratio": ratio, "lr_B": lr * ratio, "metric": summary["metric"],
-                          "value": summary["best_metric"], "diverged": "diverged" in summary})
+                          "value": _final_value(cfg.output_dir, summary), "best": summary["best_metric"],
+                          "diverged": "diverged" in summary})
     scored = [c for c in cells if c["value"] is not None and math.isfinite(c["value"])]
     greater = greater_is_better({c["metric"] for c in cells})
     best = (max if greater else min)(scored, key=lambda c: c["value"]) if scored else None
@@ -225,6 +226,16 @@ def sweep(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_di
     (out / "sweep.json").write_text(json.dumps(result, indent=1))
     _plot_heatmap(cells, best, out / "heatmap.png")
     return result
+
+
+def _final_value(run_dir: str, summary: dict) -> float | None:
+    """The metric of the loop's last evaluation: where the run ended, as the paper's heatmaps show, not its
+    best step (a run that peaks and then degrades is not a good cell)."""
+    if summary.get("diverged") or not summary["metric"]:
+        return None
+    curve = _curve(run_dir, summary["metric"])
+    last = max((step for step, _ in curve), default=None)
+    return next(value for step, value in curve if step == last) if curve else summary["best_metric"]
 
 
 def _plot_heatmap(cells: list[dict], best: dict | None, path: Path) -> None:
@@ -247,7 +258,7 @@ def _plot_heatmap(cells: list[dict], best: dict | None, path: Path) -> None:
     if best:
         ax.plot(math.log10(best["lr_A"]), math.log10(best["lr_B"]), "r*", markersize=18, label="best")
     ax.margins(0.12)
-    ax.set(xlabel="log10 lr_A", ylabel="log10 lr_B", title="best metric over the run, per (lr_A, lr_B)")
+    ax.set(xlabel="log10 lr_A", ylabel="log10 lr_B", title="final metric per (lr_A, lr_B)")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -55,13 +55,28 @@ def test_heads_share_one_lr_across_arms(compared):
     assert len(heads) == 1
 
 
-def test_sweep_heatmap_and_best(tmp_path, bert_dir, sentiment):
-    """sweep runs one cell per (lr_A, ratio), writes the heatmap and names the best cell."""
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, bert_dir, sentiment):
+    out = tmp_path_factory.mktemp("sweep")
     assert main(["sweep", "--model_name_or_path", bert_dir, "--train_file", sentiment["train"], "--output_dir",
-                 str(tmp_path), "--lr", "1e-3,3e-3", "--ratio", "1,16", *BUDGET]) == 0
-    result = json.loads((tmp_path / "sweep.json").read_text())
+                 str(out), "--lr", "1e-3,3e-3", "--ratio", "1,16", *BUDGET]) == 0
+    return out
+
+
+def test_sweep_heatmap_and_best(swept):
+    """sweep runs one cell per (lr_A, ratio), writes the heatmap and names the best cell."""
+    result = json.loads((swept / "sweep.json").read_text())
     assert len(result["cells"]) == 4 and result["best"] in result["cells"]
-    assert (tmp_path / "heatmap.png").stat().st_size > 0
+    assert (swept / "heatmap.png").stat().st_size > 0
+
+
+def test_sweep_cell_value_is_the_last_evaluation(swept):
+    """A cell's value is its run's metric at the last evaluation step, not the best over the run."""
+    for cell in json.loads((swept / "sweep.json").read_text())["cells"]:
+        run = swept / f"lr{cell['lr_A']:g}_ratio{cell['ratio']:g}"
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        last = [r["eval_accuracy"] for r in rows if "eval_accuracy" in r and r["step"] == 4]
+        assert cell["value"] == last[0] and cell["best"] >= cell["value"]
 
 
 def test_test_curves_hold_only_test_scores(compared):
