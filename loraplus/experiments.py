@@ -234,8 +234,10 @@ def _final_value(run_dir: str, summary: dict) -> float | None:
     if summary.get("diverged") or not summary["metric"]:
         return None
     curve = _curve(run_dir, summary["metric"])
-    last = max((step for step, _ in curve), default=None)
-    return next(value for step, value in curve if step == last) if curve else summary["best_metric"]
+    if not curve:
+        return summary["best_metric"]
+    last = max(step for step, _ in curve)
+    return next(value for step, value in curve if step == last)
 
 
 def _plot_heatmap(cells: list[dict], best: dict | None, path: Path) -> None:

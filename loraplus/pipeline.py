@@ -317,10 +317,11 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
         "best_metric": trainer.state.best_metric, "metric": metric,
         "role": "tune" if tuning else "final" if eval_on_test else "train",
     }
-    # read before any evaluation below appends its own entries to the log
+    prefixes = {"validation": "eval", "test": "test"}
     looped = "test" if eval_on_test else "validation"  # the split the training loop evaluated
-    logged = {looped: logged_evaluation(trainer, "test" if eval_on_test else "eval")}
-    for split, prefix in (("validation", "eval"), ("test", "test")):
+    # read before any evaluation below appends its own entries to the log
+    logged = {looped: logged_evaluation(trainer, prefixes[looped])}
+    for split, prefix in prefixes.items():
         if split in prepared.splits:
             summary[split] = score(cfg, trainer.model, tokenizer, prepared.splits[split], prepared, trainer, prefix,
                                    logged=logged.get(split))
