@@ -1,10 +1,11 @@
 """The LoRA+ optimizer: any torch optimizer over `param_groups` (lr_B = ratio * lr_A).
 
 `create_loraplus_optimizer` accepts every call PEFT's function of the same name accepts
-(`peft.optimizers.create_loraplus_optimizer`) and gives A, B and embedding factors the same
-learning rates; beyond PEFT it honours `weight_decay`, never decays 1-D parameters, keeps heads
-and biases off `lr * ratio`, takes optimizers by name, and detects 8-bit bitsandbytes optimizers
-by base class and `optim_bits` rather than by class name.
+(`peft.optimizers.create_loraplus_optimizer`) and gives every parameter PEFT's learning rate and
+weight decay, except where PEFT is wrong (README, "Drop-in for PEFT"): 1-D parameters (biases,
+norms, DoRA magnitudes) and `lora_bias` train at `lr`, not `lr * ratio`, and are never decayed; a
+`weight_decay` the caller gives is honoured (PEFT drops it). It also takes optimizers by name and
+detects 8-bit bitsandbytes optimizers by base class and `optim_bits` rather than by class name.
 """
 
 from __future__ import annotations
@@ -127,12 +128,16 @@ def create_loraplus_optimizer(
         loraplus_lr_ratio: lr_B / lr_A (paper: about 16).
         loraplus_lr_embedding: lr of both embedding factors (PEFT's default 1e-6; None = lr).
         loraplus_weight_decay: decay of the LoRA factors (PEFT's name); None = `weight_decay`.
-        weight_decay: decay of matrices (None: the optimizer's default, e.g. AdamW's 0.01); biases,
-            norms and DoRA magnitudes are never decayed.
+        weight_decay: decay of the other matrices (heads, modules_to_save) and, without
+            loraplus_weight_decay, of the LoRA factors too. None = loraplus_weight_decay, or 0.0 when
+            neither is given: PEFT's function decays every group by loraplus_weight_decay (default 0.0),
+            so the same call trains the same. Biases, norms and DoRA magnitudes are never decayed.
         loraplus_lr_magnitude: lr of DoRA magnitudes (None = lr).
         loraplus_lr_other: lr of heads, modules_to_save and biases (None = lr).
         **optimizer_kwargs: passed to the optimizer (betas, eps, ...).
     """
+    if weight_decay is None:  # PEFT: every group at loraplus_weight_decay, 0.0 by default
+        weight_decay = 0.0 if loraplus_weight_decay is None else loraplus_weight_decay
     groups = param_groups(
         model,
         lr=lr,

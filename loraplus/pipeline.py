@@ -227,7 +227,7 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
     from transformers import set_seed
 
     from .models import load_tokenizer, resolve_model
-    from .reliability import (CheckpointCompleteCallback, EpochSeededSamplerCallback, check_engine_settings,
+    from .reliability import (CheckpointCompleteCallback, check_engine_settings,
                               cpu_only_launch, drop_newer_checkpoints, wait_for_everyone)
     from .trainer import JsonlMetricsCallback, LoraPlusTrainingArguments, NonFiniteGuardCallback
 
@@ -295,7 +295,7 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
         compute_metrics=evaluation.compute_metrics, preprocess_logits_for_metrics=evaluation.preprocess_logits,
         processing_class=tokenizer,
         callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), NonFiniteGuardCallback(),
-                   CheckpointCompleteCallback(), EpochSeededSamplerCallback()],
+                   CheckpointCompleteCallback()],
         # a packed encoder pays for real tokens only: a batch gains nothing from micro-batches
         length_micro_batches=1 if is_packed(model) else cfg.length_micro_batches,
         length_micro_batch_cost=cfg.length_micro_batch_cost,

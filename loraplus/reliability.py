@@ -6,17 +6,13 @@ not one; `get_last_checkpoint` would pick it. Here every checkpoint gets a marke
 its files are fsynced, atomically: temp file + fsync + `os.replace`), listing each file with its size,
 and `--resume_from_checkpoint latest` takes the newest checkpoint whose marker and files check out.
 
-Exact resume also needs the same data order: transformers' `LengthGroupedSampler` draws each epoch's
-permutation from the global torch RNG, which dropout also draws from, so after a resume (fresh RNG) or
-on each DDP rank (CPU dropout on differently padded batches) epoch 2 onward would get another order.
-`EpochSeededSamplerCallback` gives that sampler the rule accelerate's `SeedableRandomSampler` already
-uses for plain shuffling: a generator seeded with `(data_seed or seed) + epoch`.
+Exact resume also needs the same data order: `sampling.GlobalBatchSampler` seeds each epoch's order
+from `(data_seed or seed) + epoch`, not from the global RNG that dropout draws from.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -270,40 +266,3 @@ def drop_newer_checkpoints(output_dir: str | os.PathLike, resume: str | os.PathL
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
-
-
-# -- data order ---------------------------------------------------------------------------------------------
-
-
-def _length_grouped_samplers(dataloader):
-    """The LengthGroupedSampler(s) under a (possibly accelerate-wrapped, sharded) train dataloader."""
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    seen, todo = set(), [dataloader]
-    while todo:
-        obj = todo.pop()
-        if obj is None or id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, LengthGroupedSampler):
-            yield obj
-        else:  # DataLoaderShard -> BatchSamplerShard / SkipBatchSampler -> BatchSampler -> sampler
-            todo += [getattr(obj, name, None) for name in ("batch_sampler", "sampler", "base_dataloader")]
-
-
-class EpochSeededSamplerCallback(TrainerCallback):
-    """Seed epoch e's batch order (sorted or grouped by length) with `(data_seed or seed) + e`, not from dropout.
-
-    Runs at `on_epoch_begin`, which the Trainer calls before it iterates the epoch's dataloader (and
-    before it skips the batches a resumed run has already trained on), so the skip replays the same order.
-    """
-
-    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        import torch
-
-        # state.epoch is e + k / n inside epoch e (k < n batches done), exactly e at its start.
-        epoch = math.floor((state.epoch or 0.0) + 1e-9)
-        seed = args.data_seed if args.data_seed is not None else args.seed
-        for sampler in _length_grouped_samplers(train_dataloader):
-            sampler.generator = torch.Generator().manual_seed(seed + epoch)
-        return control

@@ -25,7 +25,7 @@ import contextlib
 
 import torch
 from accelerate.utils import DistributedType
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from .target_logits import TargetLogitsMixin
 from .trainer import LoraPlusTrainer
@@ -73,15 +73,35 @@ def micro_batch_cuts(lengths: list[int], max_parts: int, part_cost: float) -> li
     return cuts[::-1]
 
 
-class SortedWithinBatchesSampler(LengthGroupedSampler):
-    """Random batches of `batch_size`, each sorted by length.
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """Indices in blocks of the global batch (per-device batch x accumulation x processes), epoch e seeded by seed + e.
 
-    A `LengthGroupedSampler` subclass, so `reliability.EpochSeededSamplerCallback` seeds each epoch's
-    order (exact resume).
+    Each block is one optimizer step. accelerate deals a block's per-device batches out to the processes
+    (`BatchSamplerShard`) and gradient accumulation takes them one after another, so 1 process x 8, 2 x 4 and
+    1 x 4 with accumulation 2 train on the same examples at every step. Blocks are random draws sorted by
+    length (`sorted_within_batches`), or, with `group_by_length`, transformers' megabatches of similar length.
+
+    Every process builds the same order: the generator is seeded from `seed` and the epoch that the Trainer
+    passes through `set_epoch` (accelerate's `DataLoaderShard.set_epoch` forwards it here), never from the
+    global RNG that dropout also draws from, so a resumed run replays each epoch's order exactly.
     """
 
+    def __init__(self, lengths: list[int], global_batch: int, seed: int, *, group_by_length: bool = False):
+        self.lengths, self.global_batch, self.seed = lengths, global_batch, seed
+        self.group_by_length = group_by_length
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
     def __iter__(self):
-        return iter(sorted_within_batches(self.lengths, self.batch_size, self.generator))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.group_by_length:
+            return iter(get_length_grouped_indices(self.lengths, self.global_batch, generator=generator))
+        return iter(sorted_within_batches(self.lengths, self.global_batch, generator))
 
 
 def _loss_items(labels: torch.Tensor) -> int:
@@ -131,11 +151,19 @@ class SortedWithinBatchesMixin:
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if isinstance(sampler, torch.utils.data.RandomSampler) and "input_ids" in getattr(dataset, "column_names", ()):
+        grouped = isinstance(sampler, LengthGroupedSampler)
+        if not (grouped or isinstance(sampler, torch.utils.data.RandomSampler)):
+            return sampler
+        if grouped:
+            lengths = list(sampler.lengths)
+        elif "input_ids" in getattr(dataset, "column_names", ()):
             lengths = [len(ids) for ids in dataset["input_ids"]]
-            return SortedWithinBatchesSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                              lengths=lengths)
-        return sampler
+        else:
+            return sampler
+        args = self.args
+        global_batch = args.train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        return GlobalBatchSampler(lengths, global_batch, seed, group_by_length=grouped)
 
     def _micro_batches(self, inputs: dict) -> list[dict]:
         mask, labels = inputs.get("attention_mask"), inputs.get("labels")
@@ -157,7 +185,7 @@ class SortedWithinBatchesMixin:
             return super().training_step(model, inputs, num_items_in_batch)
         # A loss the model already divides by the step's item count adds up over parts as it is; a loss
         # that is a mean over the part is weighted by the part's share of the batch.
-        scaled = self.loss_is_scaled_for_ga
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)  # transformers >= 5.19; before it, inferred below
         if scaled is None:
             scaled = ((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
                       or self.compute_loss_func is not None)

@@ -24,11 +24,18 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
+def position_mask_supported() -> bool:
+    """Whether this transformers accepts a boolean mask as `logits_to_keep` (it came with `slice_logits_to_keep`)."""
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401
+    except ImportError:  # transformers 5.17 and earlier: an int or an index tensor only
+        return False
+    return True
+
+
 def accepts_position_mask(model) -> bool:
     """True when `model` (PEFT-wrapped or not) is a causal LM whose forward takes a `logits_to_keep` mask."""
-    try:
-        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401  (the mask form came with it)
-    except ImportError:
+    if not position_mask_supported():
         return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return _forward_takes(type(base), "logits_to_keep") and getattr(base, "loss_type", None) in (None, "ForCausalLM")

@@ -3,13 +3,15 @@ batch; gradient accumulation likewise; the FSDP / DeepSpeed example configs and 
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
-from conftest import save_tiny_bert, write_sentiment_csvs
+from conftest import save_tiny_bert, write_csv, write_sentiment_csvs
 from safetensors.torch import load_file
 
 from loraplus.cli import main
@@ -52,39 +54,94 @@ def losses(run: Path) -> list[float]:
     return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
+SEEDS = range(8)
+WORDS = ["good", "bad", "film", "plot", "acting", "dull", "great", "fun", "awful", "the", "and", "a", "of", "boring"]
+
+
+def write_varied_rows(path, seed: int, rows: int = 64) -> str:
+    """`rows` texts of 1 to 40 words (lengths drawn per seed) with random labels."""
+    rng = random.Random(seed)
+    data = [{"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 40))),
+             "label": rng.choice(["negative", "positive"])} for _ in range(rows)]
+    return write_csv(path, data)
+
+
 @pytest.fixture(scope="module")
-def single(setup):
-    """One process, per-device batch 8."""
-    out = setup / "single"
-    assert main(["train", *train_args(setup, out, 8)]) == 0
-    return out
+def models(setup):
+    """A tiny BERT (runs packed) and a tiny Llama (runs as micro-batches), both without dropout."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from loraplus.models import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model("minilm"))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id, attention_dropout=0.0)
+    LlamaForCausalLM(cfg).save_pretrained(setup / "llama")
+    tokenizer.save_pretrained(setup / "llama")
+    for seed in SEEDS:
+        write_varied_rows(setup / f"varied{seed}.csv", seed)
+    return {"encoder": ("classification", setup / "bert"), "causal_lm": ("causal_lm", setup / "llama")}
 
 
-def test_torchrun_two_processes_match_one(setup, single):
-    """torchrun x2 (batch 4 each) writes one run folder, once, whose adapter matches 1 process x batch 8.
+def varied_args(root, model, task, seed, out, per_device, *extra):
+    """16 steps (two epochs of 64 rows at a global batch of 8), logging every step, no dropout anywhere."""
+    return ["--model_name_or_path", str(model), "--task", task, "--train_file", str(root / f"varied{seed}.csv"),
+            "--validation_file", str(root / "dev.csv"), "--eval_strategy", "no", "--save_strategy", "no",
+            "--output_dir", str(out), "--max_steps", "16", "--logging_steps", "1", "--seed", str(seed),
+            "--per_device_train_batch_size", str(per_device), "--learning_rate", "1e-2", "--lora_dropout", "0",
+            "--load_best_model_at_end", "false", "--report_to", "none", "--length_micro_batch_cost", "0", *extra]
 
-    Length grouping is off: its megabatches depend on the per-device batch (4 vs 8), so the two runs
-    would see other batches. With the plain shuffle, accelerate seeds one permutation on every rank and
-    deals per-device batches round-robin, so each global step sees the same 8 examples as one process.
-    """
-    out = setup / "ddp"
+
+@pytest.fixture(scope="module")
+def varied_runs(setup, models, tmp_path_factory):
+    """Every model x seed trained as 1 process x 8, 1 x 4 with accumulation 2 (here), and torchrun 2 x 4."""
+    root = tmp_path_factory.mktemp("varied")
+    runs = {}
+    ddp = []
+    for kind, (task, model) in models.items():
+        for seed in SEEDS:
+            for layout, per_device, extra in (("1x8", 8, ()), ("1x4ga2", 4, ("--gradient_accumulation_steps", "2")),
+                                              ("2x4", 4, ())):
+                out = root / f"{kind}-{seed}-{layout}"
+                argv = varied_args(setup, model, task, seed, out, per_device, *extra)
+                if layout == "2x4":
+                    ddp.append(argv)
+                else:
+                    assert main(["train", *argv]) == 0
+                runs[kind, seed, layout] = out
+    spec = root / "ddp.json"
+    spec.write_text(json.dumps(ddp))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "loraplus.cli", "train", *train_args(setup, out, 4)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=setup)
+           str(ROOT / "tests" / "distributed_worker.py"), str(spec)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=root)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert {p.name for p in (out / "checkpoint-8").glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}
-    assert losses(out) == pytest.approx(losses(single), rel=1e-5)  # one record per step: written once
-    for name in ("adapter_model.safetensors", "checkpoint-8/adapter_model.safetensors"):
-        assert max_diff(single / name, out / name) <= 1e-5  # measured: 8.0e-7 (weights up to 0.57)
+    return runs
 
 
-def test_gradient_accumulation_matches_full_batch(setup, single):
-    """Batch 4 x 2 accumulation steps trains like batch 8: the classifier loss is not scaled by 2."""
-    out = setup / "accumulated"
-    assert main(["train", *train_args(setup, out, 4, "--gradient_accumulation_steps", "2")]) == 0
-    assert losses(out) == pytest.approx(losses(single), rel=1e-5)
-    assert max_diff(single / "adapter_model.safetensors", out / "adapter_model.safetensors") <= 1e-5  # 8.0e-7
+@pytest.mark.parametrize("kind", ["encoder", "causal_lm"])
+@pytest.mark.parametrize("layout", ["2x4", "1x4ga2"])
+def test_every_logged_loss_is_that_of_one_process_with_the_same_global_batch(varied_runs, kind, layout):
+    """torchrun 2 x 4 and 1 x 4 with accumulation 2 log the losses of 1 x 8 at every step, for 8 seeds.
+
+    The sampler builds blocks of the global batch and accelerate deals them out, so each optimizer step
+    trains on the same examples whatever the layout; an encoder runs packed, a causal LM as micro-batches.
+    """
+    for seed in SEEDS:
+        reference = losses(varied_runs[kind, seed, "1x8"])
+        assert len(reference) == 16
+        assert losses(varied_runs[kind, seed, layout]) == pytest.approx(reference, rel=1e-5), f"seed {seed}"
+
+
+def test_torchrun_writes_one_run_folder_once(varied_runs):
+    """Under torchrun the run folder is written once: one record per step, one adapter, one summary."""
+    out = varied_runs["encoder", 0, "2x4"]
+    assert len(losses(out)) == 16
+    assert max_diff(varied_runs["encoder", 0, "1x8"] / "adapter_model.safetensors",
+                    out / "adapter_model.safetensors") <= 1e-5
+    assert json.loads((out / "summary.json").read_text())["global_step"] == 16
 
 
 EXAMPLES = ROOT / "examples"

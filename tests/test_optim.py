@@ -83,24 +83,39 @@ def train_steps(model, optimizer, steps=5):
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_ratio_one_bitwise_equals_adamw(weight_decay):
-    """ratio=1 with every role at lr trains bitwise like plain AdamW over the trainable params."""
-    kw = dict(target_modules=["embed_tokens", "q_proj", "v_proj"], use_dora=True, modules_to_save=["lm_head"])
+def test_ratio_one_trains_like_plain_adamw(weight_decay):
+    """ratio=1, every role at lr: per-step losses and weights bitwise those of plain AdamW(params, lr, weight_decay).
+
+    The model's trainable tensors are all matrices (LoRA on linears and embeddings, a saved head), so plain
+    AdamW with the user's settings is the reference, with no decay rule copied from the implementation.
+    """
+    kw = dict(target_modules=["embed_tokens", "q_proj", "v_proj"], modules_to_save=["lm_head"])
     a, b = peft(tiny_llama(), **kw), peft(tiny_llama(), **kw)
-    reference = torch.optim.AdamW(
-        [{"params": [p for p in a.parameters() if p.requires_grad and p.ndim >= 2 and not _magnitude(a, p)],
-          "weight_decay": weight_decay},
-         {"params": [p for p in a.parameters() if p.requires_grad and (p.ndim < 2 or _magnitude(a, p))],
-          "weight_decay": 0.0}], lr=1e-3)
+    assert all(p.ndim == 2 for p in a.parameters() if p.requires_grad)
+    reference = torch.optim.AdamW([p for p in a.parameters() if p.requires_grad], lr=1e-3, weight_decay=weight_decay)
     loraplus = create_loraplus_optimizer(b, lr=1e-3, loraplus_lr_ratio=1.0, loraplus_lr_embedding=1e-3,
                                          weight_decay=weight_decay)
-    wa, wb = train_steps(a, reference), train_steps(b, loraplus)
-    assert wa.keys() == wb.keys()
-    assert all(torch.equal(wa[n], wb[n]) for n in wa)
+    assert train_losses(a, reference) == train_losses(b, loraplus)
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
 
 
-def _magnitude(model, param):
-    return any(param is p for n, p in model.named_parameters() if "lora_magnitude_vector" in n)
+def test_one_dimensional_parameters_are_never_decayed():
+    """With weight decay and a zero gradient, matrices shrink by (1 - lr * wd); biases, norms, DoRA magnitudes stay."""
+    model = peft(tiny_bert(), task_type="SEQ_CLS", target_modules=["query"], use_dora=True, bias="all")
+    optimizer = create_loraplus_optimizer(model, lr=1e-2, loraplus_lr_ratio=4, weight_decay=0.5)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for p in trainable.values():
+            p.add_(1.0)  # BERT's biases start at zero, where decay shows nothing
+            p.grad = torch.zeros_like(p)
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    optimizer.step()
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    one_d = {n for n, p in trainable.items() if p.ndim < 2}
+    assert one_d and any("lora_magnitude" in n for n in one_d)
+    for n, p in trainable.items():
+        expected = before[n] if n in one_d else before[n] * (1 - lrs[id(p)] * 0.5)
+        assert torch.allclose(p.detach(), expected, rtol=1e-6, atol=0), n
 
 
 @pytest.mark.parametrize("name,cls", [("adamw", "AdamW"), ("adam", "Adam"), ("sgd", "SGD"), ("adafactor", "Adafactor")])
@@ -165,22 +180,91 @@ def train_steps_bert(model, optimizer):
     optimizer.step()
 
 
-def test_default_weight_decay_is_the_optimizers():
-    """Without weight_decay, matrices get the optimizer's own default (AdamW 0.01, Adam 0); 1-D params none."""
+def test_param_groups_leave_default_weight_decay_to_the_optimizer():
+    """param_groups without weight_decay: matrices get the optimizer's own default (AdamW 0.01, Adam 0)."""
+    from loraplus import param_groups
+
     model = peft(tiny_bert(), task_type="SEQ_CLS", target_modules=["query"])
     adamw = {g["name"]: g["weight_decay"] for g in
-             create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=16).param_groups}
-    adam = {g["name"]: g["weight_decay"] for g in
-            create_loraplus_optimizer(model, torch.optim.Adam, lr=1e-3, loraplus_lr_ratio=16).param_groups}
+             torch.optim.AdamW(param_groups(model, lr=1e-3, ratio=16)).param_groups}
+    adam = {g["name"]: g["weight_decay"] for g in torch.optim.Adam(param_groups(model, lr=1e-3, ratio=16)).param_groups}
     assert adamw == {"lora_A": 0.01, "lora_B": 0.01, "other": 0.01, "other_no_decay": 0.0}
     assert set(adam.values()) == {0.0}
 
 
-def test_ratio_one_drop_in_for_default_adamw():
-    """A LoRA model: ratio=1 with no other argument trains bitwise like AdamW(trainable params, lr=lr)."""
+def test_param_groups_at_ratio_one_drop_in_for_default_adamw():
+    """AdamW(param_groups(model, lr, ratio=1)) trains bitwise like AdamW(trainable params, lr=lr) on LoRA factors."""
+    from loraplus import param_groups
+
     a = peft(tiny_llama(), target_modules=["q_proj", "v_proj"])
     b = peft(tiny_llama(), target_modules=["q_proj", "v_proj"])
     reference = torch.optim.AdamW([p for p in a.parameters() if p.requires_grad], lr=1e-3)
-    loraplus = create_loraplus_optimizer(b, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=1.0)
-    wa, wb = train_steps(a, reference), train_steps(b, loraplus)
-    assert all(torch.equal(wa[n], wb[n]) for n in wa)
+    loraplus = torch.optim.AdamW(param_groups(b, lr=1e-3, ratio=1.0), lr=1e-3)
+    la, lb = train_losses(a, reference), train_losses(b, loraplus)
+    assert la == lb  # per-step losses, bitwise
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+def peft_models():
+    """Models covering every role PEFT's function sorts: Linear, Conv1D, embeddings, heads, biases, DoRA, lora_bias."""
+    from conftest import tiny_gpt2
+
+    return {
+        "simple_net": peft(SimpleNet(), target_modules=["embedding", "lin0"], bias="all"),
+        "bert_classifier": peft(tiny_bert(), task_type="SEQ_CLS", target_modules=["query", "value"]),
+        "gpt2_conv1d": peft(tiny_gpt2(), target_modules=["c_attn"], fan_in_fan_out=True),
+        "llama_dora": peft(tiny_llama(), target_modules=["q_proj", "v_proj", "embed_tokens"], use_dora=True,
+                           modules_to_save=["lm_head"]),
+        "llama_lora_bias": peft(tiny_llama(), target_modules=["q_proj"], lora_bias=True),
+    }
+
+
+def lr_and_decay(model, optimizer) -> dict[str, tuple[float, float]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+
+
+# The listed differences from PEFT (README, "Drop-in for PEFT"): a 1-D parameter (bias, norm, DoRA magnitude)
+# and lora_bias train at lr, never decayed; PEFT puts them at lr * ratio (and decays DoRA magnitudes).
+def differs_from_peft_on_purpose(model, name: str) -> bool:
+    return dict(model.named_parameters())[name].ndim < 2 or (".lora_B." in name and name.endswith(".bias"))
+
+
+def is_lora_embedding_factor(name: str) -> bool:
+    # PEFT before 0.21 looked the owning layer up under the parameter's own name: its embedding group stayed
+    # empty and the factors fell into A or B. Here they are at loraplus_lr_embedding, as PEFT documents.
+    return ".lora_embedding_A." in name or ".lora_embedding_B." in name
+
+
+@pytest.mark.parametrize("model_name", sorted(peft_models()))
+@pytest.mark.parametrize("call", [{}, {"loraplus_weight_decay": 0.1}, {"loraplus_lr_embedding": 3e-4},
+                                  {"betas": (0.8, 0.99), "loraplus_weight_decay": 0.0}])
+def test_same_lrs_and_weight_decays_as_peft(model_name, call):
+    """The same call gives every parameter PEFT's lr and weight decay, but for the listed differences."""
+    from peft.optimizers import create_loraplus_optimizer as peft_create_loraplus_optimizer
+
+    model = peft_models()[model_name]
+    theirs = lr_and_decay(model, peft_create_loraplus_optimizer(model, torch.optim.AdamW, lr=2e-4,
+                                                                loraplus_lr_ratio=16, **call))
+    ours = lr_and_decay(model, create_loraplus_optimizer(model, torch.optim.AdamW, lr=2e-4, loraplus_lr_ratio=16,
+                                                         **call))
+    assert ours.keys() == theirs.keys() == {n for n, p in model.named_parameters() if p.requires_grad}
+    embedding = {n for n in ours if is_lora_embedding_factor(n)}
+    same = {n for n in ours.keys() - embedding if not differs_from_peft_on_purpose(model, n)}
+    assert same and {n: ours[n] for n in same} == {n: theirs[n] for n in same}
+    assert all(ours[n] == (2e-4, 0.0) for n in ours.keys() - same - embedding)
+    lora_decay = call.get("loraplus_weight_decay", 0.0)
+    assert all(ours[n] == (call.get("loraplus_lr_embedding", 1e-6), lora_decay) for n in embedding)
+
+
+def train_losses(model, optimizer, steps=5) -> list[float]:
+    torch.manual_seed(3)
+    losses = []
+    for _ in range(steps):
+        ids = torch.randint(0, 64, (4, 8))
+        loss = model(input_ids=ids, labels=ids).loss
+        losses.append(loss.item())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return losses

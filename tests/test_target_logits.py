@@ -6,7 +6,12 @@ import pytest
 import torch
 from conftest import peft, tiny_bert, tiny_gpt2, tiny_llama
 
-from loraplus.target_logits import accepts_position_mask, with_target_positions
+from loraplus.target_logits import accepts_position_mask, position_mask_supported, with_target_positions
+
+# transformers before the mask form of `logits_to_keep` (5.17 and earlier): the trainer keeps full logits
+# (test_older_transformers_keep_full_logits); the tests of the target-rows path need the newer form.
+needs_position_mask = pytest.mark.skipif(not position_mask_supported(),
+                                         reason="this transformers has no logits_to_keep mask: full logits are used")
 
 
 def batch(kind):
@@ -31,6 +36,7 @@ def loss_and_grads(model, inputs, **kwargs):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@needs_position_mask
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
 @pytest.mark.parametrize("kind", ["label_words", "sft"])
 @pytest.mark.parametrize("items", [None, 7], ids=["mean", "sum-over-items"])
@@ -48,6 +54,7 @@ def test_same_loss_and_gradients_as_full_logits(build, kind, items):
         torch.testing.assert_close(kept_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@needs_position_mask
 def test_only_target_rows_reach_the_head():
     """The LM head sees one row per target token, not one per position."""
     model = tiny_llama()
@@ -58,6 +65,7 @@ def test_only_target_rows_reach_the_head():
     assert seen[0][:-1] == torch.Size([int((inputs["labels"][:, 1:] != -100).sum())])
 
 
+@needs_position_mask
 def test_label_word_scores_from_target_rows_equal_full_logits():
     """The evaluation's one-token label-word scores are the same from target rows as from full logits."""
     from loraplus.metrics import label_word_eval_for
@@ -74,6 +82,7 @@ def test_label_word_scores_from_target_rows_equal_full_logits():
     torch.testing.assert_close(kept, full, rtol=1e-5, atol=1e-6)
 
 
+@needs_position_mask
 def test_only_causal_lms_with_the_mask_are_chosen():
     """A causal LM taking logits_to_keep qualifies (wrapped or not); a sequence classifier does not."""
     assert accepts_position_mask(tiny_llama())
@@ -81,6 +90,13 @@ def test_only_causal_lms_with_the_mask_are_chosen():
     assert not accepts_position_mask(tiny_bert())
 
 
+@pytest.mark.skipif(position_mask_supported(), reason="this transformers has the logits_to_keep mask")
+def test_older_transformers_keep_full_logits():
+    """Without the mask form of logits_to_keep, no model qualifies: training keeps the full, correct forward."""
+    assert not accepts_position_mask(tiny_llama())
+
+
+@needs_position_mask
 @pytest.mark.parametrize("task", ["label_words", "sft"])
 def test_train_with_target_logits_matches_full_logits(tmp_path, llama_dir, monkeypatch, task):
     """`loraplus train` on a tiny Llama trains and evaluates the same whether the LM head runs at targets only."""
