@@ -24,7 +24,9 @@ commands:
   tune [CONFIG.yaml] [--lrs ...] [--ratios 1,2,4,8,16,32] [--budget STEPS] [--eta 3] [--output_dir D] [--key value ...]
                                           choose (lr_A, ratio) by successive halving on a validation split
                                           of the training data; writes tuned_config.yaml for `train`
-  toy [--widths 128,512 --steps N ...]    the paper's toy model: loss over (lr_A, lr_B) per width
+  toy [--model paper|linear] [--widths 100 --steps 200 ...]
+                                          the paper's section-3.2 toy (or a linear one): train and test loss
+                                          over (lr_A, lr_B) per width, cells within 1% of the best marked
   diagnose RUN_DIR [RUN_DIR ...]          delta_A vs delta_B over training (needs --feature_learning_steps)
 """
 

@@ -1,4 +1,4 @@
-"""`loraplus toy`: training loss of a LoRA adapter over an (lr_A, lr_B) grid per width n, and the best lr_B / lr_A.
+"""`loraplus toy --model linear`: training loss of a linear LoRA toy over an (lr_A, lr_B) grid per width n.
 
 LoRA+ (Hayou, Ghosh, Yu, ICML 2024, arXiv 2402.12354) section 3 argues that under Adam efficient feature
 learning needs lr_A = Theta(1/n) and lr_B = Theta(1): the best ratio lr_B / lr_A grows with the width n.
@@ -27,8 +27,10 @@ within 10% of the best) and the valley (best lr_A at each lr_B) are reported nex
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import textwrap
 import time
 from pathlib import Path
 
@@ -290,17 +292,72 @@ FLAGS = {"widths": "ints", "steps": int, "seeds": "ints", "rank": int, "output_d
          "log2_lr_max": float, "batch_size": int, "input_dim": int, "threads": int}
 
 
+MODELS = ("paper", "linear")  # the first is the default
+LINEAR_LOG2_LRS = (-16.0, 0.0)  # --model linear: (min, max) of log2 lr, for lr_A and lr_B alike
+
+
+def _defaults(func, flags, **special) -> str:
+    """`--flag default` for each flag, read from func's signature (special: flags that are not its parameters)."""
+    params = inspect.signature(func).parameters
+
+    def show(v):
+        return ",".join(f"{x:g}" for x in v) if isinstance(v, (tuple, list)) else f"{v:g}" if isinstance(
+            v, float) else str(v)
+
+    return " ".join(f"--{f} {show(special[f] if f in special else params[f].default)}" for f in flags)
+
+
+def _usage() -> str:
+    from . import toy_paper
+
+    paper = _defaults(toy_paper.run_paper_toy, toy_paper.FLAGS, report_steps="10,<steps>")
+    linear = _defaults(run_toy, FLAGS, log2_lr_min=LINEAR_LOG2_LRS[0], log2_lr_max=LINEAR_LOG2_LRS[1])
+    wrap = textwrap.TextWrapper(width=116, initial_indent="      ", subsequent_indent="      ", break_long_words=False,
+                                break_on_hyphens=False)
+    return f"""usage: loraplus toy [--model paper|linear] [--flag value ...]
+
+  --model paper   (default) the LoRA+ paper's section-3.2 toy, f(x) = W_out relu(B A relu(W_in x)) with only A
+                  and B trained: train and test loss over the (lr_A, lr_B) grid at t = 10 and t = --steps, mean
+                  of the seeds, cells within 1% of the best marked (toy_paper.json, heatmaps_n<width>.png,
+                  ratio_vs_width.png). Each (width, seed) is saved under OUTPUT_DIR/runs/ and reused by a later
+                  run with the same settings. Defaults:
+{wrap.fill(paper)}
+  --model linear  a linear LoRA layer after a fixed low-dimensional embedding, fitted to a low-rank teacher:
+                  training loss over the grid per width (toy.json, toy_heatmaps.png, toy_ratio.png). Defaults:
+{wrap.fill(linear)}
+"""
+
+
+def _pop_model(argv: list[str]) -> tuple[str, list[str]]:
+    """The --model value (default: the paper's toy) and the other arguments."""
+    if "--model" not in argv:
+        return MODELS[0], list(argv)
+    i = argv.index("--model")
+    model = argv[i + 1] if i + 1 < len(argv) else None
+    if model not in MODELS:
+        raise LoraPlusError(f"toy: --model must be one of {', '.join(MODELS)}; got {model!r}")
+    return model, argv[:i] + argv[i + 2:]
+
+
 def main_toy(argv: list[str]) -> int:
-    """`loraplus toy [--widths 128,512 --steps N --seeds 0,1 --rank 1 --output_dir D --log2_lr_min -16 ...]`."""
+    """`loraplus toy [--model paper|linear] [--flag value ...]`: loss over (lr_A, lr_B) per width."""
+    model, argv = _pop_model(argv)
     if any(a in ("-h", "--help") for a in argv):
-        print(main_toy.__doc__ + "\nflags: " + ", ".join(f"--{f}" for f in FLAGS) + "\n\n" + __doc__)
+        from . import toy_paper
+
+        print(_usage() + "\n" + (toy_paper.__doc__ if model == "paper" else __doc__))
         return 0
+    if model == "paper":
+        from .toy_paper import main_paper
+
+        return main_paper(argv)
     opts, i = {}, 0
     while i < len(argv):
         flag = argv[i]
         name = flag[2:] if flag.startswith("--") else None
         if name not in FLAGS or i + 1 >= len(argv):
-            raise LoraPlusError(f"toy takes {', '.join('--' + f for f in FLAGS)} with a value each; got {flag!r}")
+            raise LoraPlusError(f"toy --model linear takes {', '.join('--' + f for f in FLAGS)} with a value each; "
+                                f"got {flag!r}")
         kind, raw = FLAGS[name], argv[i + 1]
         try:
             opts[name] = [int(x) for x in raw.split(",")] if kind == "ints" else kind(raw)
@@ -308,7 +365,7 @@ def main_toy(argv: list[str]) -> int:
             what = "comma-separated integers, e.g. 128,512" if kind == "ints" else kind.__name__
             raise LoraPlusError(f"bad value for --{name}: {raw!r} (expected {what})") from None
         i += 2
-    lo, hi = opts.pop("log2_lr_min", -16.0), opts.pop("log2_lr_max", 0.0)
+    lo, hi = opts.pop("log2_lr_min", LINEAR_LOG2_LRS[0]), opts.pop("log2_lr_max", LINEAR_LOG2_LRS[1])
     if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi and hi - lo <= 40):
         raise LoraPlusError(f"bad --log2_lr_min/--log2_lr_max: {lo:g}, {hi:g} (need finite min <= max, <= 40 apart)")
     lrs = tuple(2.0 ** (lo + k) for k in range(int(hi - lo) + 1))
