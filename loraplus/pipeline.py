@@ -229,7 +229,7 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
     from .models import load_tokenizer, resolve_model
     from .reliability import (CheckpointCompleteCallback, check_engine_settings,
                               cpu_only_launch, drop_newer_checkpoints, wait_for_everyone)
-    from .trainer import JsonlMetricsCallback, LoraPlusTrainingArguments, NonFiniteGuardCallback
+    from .trainer import JsonlMetricsCallback, LoraPlusTrainingArguments
 
     cfg.validate()
     kwargs = training_arguments_kwargs(cfg)  # checks optim / scheduler names before any loading
@@ -286,16 +286,15 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
     wait_for_everyone(args)
     from .data import collator_for
     from .packing import is_packed
-    from .sampling import SortedBatchesLoraPlusTrainer
+    from .run_trainer import RunTrainer
 
-    trainer = SortedBatchesLoraPlusTrainer(
+    trainer = RunTrainer(
         model=model, args=args, train_dataset=prepared.splits["train"],
         eval_dataset=prepared.splits["test" if eval_on_test else "validation"],
         data_collator=collator_for(cfg.task, tokenizer),
         compute_metrics=evaluation.compute_metrics, preprocess_logits_for_metrics=evaluation.preprocess_logits,
         processing_class=tokenizer,
-        callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), NonFiniteGuardCallback(),
-                   CheckpointCompleteCallback()],
+        callbacks=[JsonlMetricsCallback(out / "metrics.jsonl"), CheckpointCompleteCallback()],
         # a packed encoder pays for real tokens only: a batch gains nothing from micro-batches
         length_micro_batches=1 if is_packed(model) else cfg.length_micro_batches,
         length_micro_batch_cost=cfg.length_micro_batch_cost,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def run_cell(cfg: TrainConfig, *, role: str) -> dict:
     stopped by a NaN/Inf gradient is one diverged cell, not the end of the experiment: its summary has
     `"diverged"` (the reason) and no metrics, and is written to diverged.json so it is not retried.
     """
-    from .trainer import NonFiniteGradientError
+    from .guard import NonFiniteGradientError
 
     run = Path(cfg.output_dir)
     if check_reusable(cfg) and (run / DIVERGED).is_file():
@@ -41,8 +40,7 @@ def run_cell(cfg: TrainConfig, *, role: str) -> dict:
     try:
         return train_or_reuse(cfg, role=role)
     except NonFiniteGradientError as e:
-        found = re.search(r"at step (\d+)", str(e))  # the step it stopped at, computed but not applied
-        summary = {"metric": None, "global_step": int(found.group(1)) if found else cfg.max_steps,
+        summary = {"metric": None, "global_step": e.step,  # the step it stopped at, computed but not applied
                    "validation": {}, "best_metric": None, "train_seconds": round(time.perf_counter() - start, 2),
                    "diverged": str(e)}
         (run / DIVERGED).write_text(json.dumps(summary, indent=1))

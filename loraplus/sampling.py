@@ -27,8 +27,6 @@ import torch
 from accelerate.utils import DistributedType
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from .target_logits import TargetLogitsMixin
-from .trainer import LoraPlusTrainer
 
 def sorted_within_batches(lengths: list[int], batch_size: int, generator: torch.Generator | None = None) -> list[int]:
     """A random permutation cut into batches of `batch_size`, each sorted by length, longest first.
@@ -210,7 +208,3 @@ class SortedWithinBatchesMixin:
         if return_outputs:
             return result[0] * self._part_weight, result[1]
         return result * self._part_weight
-
-
-class SortedBatchesLoraPlusTrainer(SortedWithinBatchesMixin, TargetLogitsMixin, LoraPlusTrainer):
-    """The trainer `loraplus train` runs: random batches sorted inside, causal LMs' logits at targets only."""

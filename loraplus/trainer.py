@@ -154,30 +154,3 @@ def _keep_record(line: str, step: int) -> bool:
     except ValueError:  # a line cut short by the crash
         return False
     return record.get("step", 0) <= step and "train_runtime" not in record and "after_training" not in record
-
-
-class NonFiniteGradientError(LoraPlusError):
-    """Training met a NaN/Inf gradient (or loss): stopped before the optimizer could apply it."""
-
-
-class NonFiniteGuardCallback(TrainerCallback):
-    """Stop training at the first step whose gradients are not finite, before the optimizer step.
-
-    A NaN loss makes NaN gradients, so checking gradients just before `optimizer.step()` catches
-    both while the weights (and the last checkpoint) are still good. One fused norm per step.
-    """
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if not grads:
-            return
-        import torch
-
-        if bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
-            return
-        bad = next(n for n, p in model.named_parameters() if p.grad is not None and not p.grad.isfinite().all())
-        raise NonFiniteGradientError(
-            f"non-finite gradient at step {state.global_step + 1} in {bad}; training stopped before applying it "
-            "(checkpoints written so far are intact); try a lower --learning_rate or --loraplus_lr_ratio, "
-            "or --max_grad_norm 1.0"
-        )

@@ -5,6 +5,7 @@ batching: random batches run as length-sorted micro-batches)."""
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -132,7 +133,7 @@ def test_resume_after_kills_matches_uninterrupted_run(reference, interrupted):
     out = interrupted["out"]
     assert (out / "summary.json").is_file()
     for name in ("adapter_model.safetensors", f"checkpoint-{MAX_STEPS}/adapter_model.safetensors"):
-        assert max_diff(reference / name, out / name) <= 1e-6  # measured: 0.0 (bitwise equal)
+        assert max_diff(reference / name, out / name) == 0.0  # bit for bit, as the README says
 
 
 def test_damaged_checkpoint_skipped_with_one_warning(interrupted):
@@ -279,4 +280,4 @@ def test_diverging_run_exits_2_with_one_line(setup, tmp_path, capsys):
     args[args.index("--max_steps") + 1] = "6"
     assert main(["train", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: non-finite gradient at step")
+    assert re.match(r"error: non-finite (loss|gradient) at step \d+", err[-1])

@@ -71,7 +71,7 @@ def test_diverged_cells_never_survive():
 def fake_training(monkeypatch):
     """Replace each training run by a summary whose accuracy peaks at lr_B = 6e-3; record the runs asked for."""
     from loraplus import runs as runs_module
-    from loraplus.trainer import NonFiniteGradientError
+    from loraplus.guard import NonFiniteGradientError
 
     runs = []
 
@@ -84,7 +84,7 @@ def fake_training(monkeypatch):
         cfg.save(str(run / "config.yaml"))
         runs.append((cfg.learning_rate, cfg.loraplus_lr_ratio, cfg.max_steps))
         if cfg.learning_rate * cfg.loraplus_lr_ratio > 0.1:
-            raise NonFiniteGradientError("non-finite gradient at step 2 in lora_B; training stopped")
+            raise NonFiniteGradientError("non-finite gradient at step 2 in lora_B; training stopped", step=2)
         value = 0.9 - 0.1 * abs(math.log(cfg.learning_rate * cfg.loraplus_lr_ratio / 6e-3))
         summary = {"metric": "accuracy", "global_step": cfg.max_steps, "train_seconds": 0.0, "best_metric": value,
                    "validation": {"eval_accuracy": value}}

@@ -1,0 +1,19 @@
+"""The Trainer `loraplus train` runs: LoRA+ optimizer groups plus the speed paths and the NaN/Inf guard.
+
+Mixins, outermost first, each overriding as little as it can:
+
+- `NonFiniteGuardMixin` (guard.py) sees each step's whole loss, and its gradients before clipping;
+- `SortedWithinBatchesMixin` (sampling.py) draws blocks of the global batch sorted by length and runs each
+  process's batch as micro-batches padded to their own longest row;
+- `TargetLogitsMixin` (target_logits.py) has causal LMs compute logits at target positions only;
+- `LoraPlusTrainer` (trainer.py) builds the optimizer over the LoRA+ groups.
+"""
+
+from .guard import NonFiniteGuardMixin
+from .sampling import SortedWithinBatchesMixin
+from .target_logits import TargetLogitsMixin
+from .trainer import LoraPlusTrainer
+
+
+class RunTrainer(NonFiniteGuardMixin, SortedWithinBatchesMixin, TargetLogitsMixin, LoraPlusTrainer):
+    """LoraPlusTrainer with the guard, sorted global batches, micro-batches and target-position logits."""
