@@ -63,9 +63,9 @@ def _train(argv: list[str]) -> int:
     from .pipeline import train
 
     summary = train(cfg)
-    from .reliability import is_first_process
+    from .reliability import is_writer
 
-    if is_first_process():  # under torchrun every rank returns here; one summary is enough
+    if is_writer():  # under torchrun every rank returns here; one summary is enough
         _print_summary(cfg.output_dir, summary)
     return 0
 

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .errors import LoraPlusError
+from .reliability import is_writer, json_text
 
 RECORDS_FILE = "feature_learning.jsonl"
 PLOT_FILE = "feature_learning.png"
@@ -169,13 +170,13 @@ class FeatureLearningCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if self.path is None:
             self.path = Path(args.output_dir) / RECORDS_FILE
-        if state.is_world_process_zero and self.path.is_file():
+        if is_writer() and self.path.is_file():
             # A fresh run starts empty; a resumed one drops what was measured after its checkpoint.
             kept = [r for r in read_records(self.path) if r.get("step", 0) <= state.global_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            self.path.write_text("".join(json_text(r, indent=None) + "\n" for r in kept))
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero and (state.global_step + 1) % self.every == 0:
+        if is_writer() and (state.global_step + 1) % self.every == 0:
             self.snapshot(model)
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
@@ -184,7 +185,7 @@ class FeatureLearningCallback(TrainerCallback):
         records = self.measure(model, step=state.global_step + 1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
+            f.writelines(json_text(r, indent=None) + "\n" for r in records)
         self._pending = records[-1]
 
     def on_step_end(self, args, state, control, **kwargs):

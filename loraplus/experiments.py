@@ -12,13 +12,13 @@ summary.json is reused, so an interrupted compare or sweep continues where it st
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import statistics
 from pathlib import Path
 
 from .config import TrainConfig, lr_grid, parse_floats, parse_train_args, split_flags
 from .errors import LoraPlusError
+from .reliability import is_writer, write_json
 from .runs import greater_is_better, run_cell
 
 METHODS = {"lora": 1.0, "loraplus": None}  # None: the ratio from --ratios
@@ -76,10 +76,11 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
             "steps": [s["global_step"] for s, _ in finals.values()],
         }
     _speedups(results)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "report.md").write_text(report(results))
-    _plot_curves(results, out / "curves.png")
+    if is_writer():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "results.json", results)
+        (out / "report.md").write_text(report(results))
+        _plot_curves(results, out / "curves.png")
     return results
 
 
@@ -222,9 +223,10 @@ def sweep(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_di
     greater = greater_is_better({c["metric"] for c in cells})
     best = (max if greater else min)(scored, key=lambda c: c["value"]) if scored else None
     result = {"cells": cells, "best": best, "lr_other": lr_other}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(result, indent=1))
-    _plot_heatmap(cells, best, out / "heatmap.png")
+    if is_writer():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "sweep.json", result)
+        _plot_heatmap(cells, best, out / "heatmap.png")
     return result
 
 

@@ -242,9 +242,12 @@ def _check_lr(label: str, value) -> None:
 
 def _assert_partition(groups: list[dict], trainable: Iterable[nn.Parameter]) -> None:
     """Groups are disjoint and cover exactly the trainable parameters (style rule 4)."""
+    # raised, not asserted: the check must hold under `python -O` too
     seen = [id(p) for g in groups for p in g["params"]]
-    assert len(seen) == len(set(seen)), "a parameter landed in two LoRA+ groups"
-    assert set(seen) == {id(p) for p in trainable}, "LoRA+ groups do not cover the trainable parameters"
+    if len(seen) != len(set(seen)):
+        raise RuntimeError("a parameter landed in two LoRA+ groups (a loraplus bug: please report it)")
+    if set(seen) != {id(p) for p in trainable}:
+        raise RuntimeError("LoRA+ groups do not cover the trainable parameters (a loraplus bug: please report it)")
 
 
 def describe(optimizer_or_groups) -> str:

@@ -307,7 +307,7 @@ def _check_targets(model, target_modules: list[str]) -> None:
     if missing:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in layers})
         raise LoraPlusError(f"target module(s) {', '.join(missing)} match no Linear/Conv1D/Embedding layer of "
-                            f"this model; choose --target_modules among: {', '.join(leaves)} (or all-linear)")
+                            f"this model; choose --lora_target_modules among: {', '.join(leaves)} (or all-linear)")
 
 
 def attach_lora(model, *, task: str, r: int = 8, alpha: float = 16, dropout: float = 0.05,
@@ -324,7 +324,7 @@ def attach_lora(model, *, task: str, r: int = 8, alpha: float = 16, dropout: flo
     if task not in TASKS:
         raise LoraPlusError(f"unknown task '{task}'; use one of: {', '.join(TASKS)}")
     if r < 1:
-        raise LoraPlusError(f"LoRA rank r={r} must be at least 1; pass --r 8 or similar")
+        raise LoraPlusError(f"LoRA rank r={r} must be at least 1; pass --lora_r 8 or similar")
     if target_modules is None:
         target_modules = default_target_modules(model)
     if isinstance(target_modules, str) and target_modules != "all-linear":
@@ -345,4 +345,4 @@ def attach_lora(model, *, task: str, r: int = 8, alpha: float = 16, dropout: flo
         return get_peft_model(model, config)
     except ValueError as e:  # e.g. DoRA on a layer type it does not support
         raise LoraPlusError(f"PEFT refused the LoRA config ({str(e).splitlines()[0]}); "
-                            f"change --target_modules or the LoRA variant") from e
+                            f"change --lora_target_modules or the LoRA variant") from e

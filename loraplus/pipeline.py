@@ -6,9 +6,7 @@ modules) is checked before the output directory is touched, so a bad run writes 
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import resource
 import shutil
 import sys
@@ -22,7 +20,8 @@ from .errors import LoraPlusError
 logger = logging.getLogger("loraplus")
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "learning_curves.png", "labels.json",
-             "adapter_config.json", "adapter_model.safetensors", "feature_learning.jsonl", "feature_learning.png")
+             "adapter_config.json", "adapter_model.safetensors", "feature_learning.jsonl", "feature_learning.png",
+             "training_args.bin")
 
 
 @dataclass
@@ -42,11 +41,11 @@ def check_output_dir(cfg: TrainConfig) -> str | None:
     if resume:
         # Checkpoints are validated, not just found: a save cut short by a crash leaves a folder that
         # looks complete (reliability.py). Under torchrun every rank runs this; rank 0 alone warns.
-        from .reliability import MARKER, NO_MARKER, check_checkpoint, is_first_process, latest_valid_checkpoint
+        from .reliability import MARKER, NO_MARKER, check_checkpoint, is_writer, latest_valid_checkpoint
 
         if resume == "latest":
             found, skipped = latest_valid_checkpoint(out)
-            for folder, why in skipped if is_first_process() else ():
+            for folder, why in skipped if is_writer() else ():
                 logger.warning("skipping %s: %s", folder, why)
             if found is None and skipped:
                 oldest, why = skipped[-1]
@@ -61,7 +60,7 @@ def check_output_dir(cfg: TrainConfig) -> str | None:
         why = check_checkpoint(resume, require_marker=False)
         if why:
             raise LoraPlusError(f"cannot resume from {resume}: {why}; give an earlier checkpoint-N folder or 'latest'")
-        if not (Path(resume) / MARKER).is_file() and is_first_process():
+        if not (Path(resume) / MARKER).is_file() and is_writer():
             logger.warning("%s has %s; its files look whole, so resuming from it as asked", resume, NO_MARKER)
         return resume
     if out.exists() and not out.is_dir():
@@ -227,8 +226,8 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
     from transformers import set_seed
 
     from .models import load_tokenizer, resolve_model
-    from .reliability import (CheckpointCompleteCallback, check_engine_settings,
-                              cpu_only_launch, drop_newer_checkpoints, wait_for_everyone)
+    from .reliability import (CheckpointCompleteCallback, check_engine_settings, cpu_only_launch,
+                              drop_newer_checkpoints, is_writer, wait_for_everyone, write_json)
     from .trainer import JsonlMetricsCallback, LoraPlusTrainingArguments
 
     cfg.validate()
@@ -271,12 +270,12 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
                                      loraplus_lr_other=cfg.loraplus_lr_other)
 
     # All checks passed: from here on the output folder is ours to write. Under torchrun / accelerate
-    # launch every rank runs this function: the Trainer's writer (`should_save`, rank 0) alone prepares
+    # launch every rank runs this function: the writer (reliability.is_writer, rank 0) alone prepares
     # the folder, after every rank has passed check_output_dir and before any goes on (no rank may see
     # a half-cleared folder, or refuse the config.yaml rank 0 just wrote as "another run").
     out = Path(cfg.output_dir)
     wait_for_everyone(args)
-    if args.should_save:
+    if is_writer():
         out.mkdir(parents=True, exist_ok=True)
         if resume is None:
             _clear_run(out)
@@ -326,13 +325,13 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
                                    logged=logged.get(split))
     summary["peak_memory_mb"] = round(_peak_memory_mb(), 1)
 
-    if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(str(out))
-        tokenizer.save_pretrained(str(out))
+    # Every process takes part: under FSDP the Trainer gathers the full state dict, under ZeRO-3 the
+    # partitions (stage3_gather_16bit_weights_on_model_save), and the writer alone writes the adapter.
+    trainer.save_model(str(out))
+    if is_writer():
         if prepared.label_names:
-            (out / "labels.json").write_text(json.dumps({"label_names": prepared.label_names,
-                                                         "label_words": prepared.label_words}, indent=1))
-        (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_jsonable))
+            write_json(out / "labels.json", {"label_names": prepared.label_names, "label_words": prepared.label_words})
+        write_json(out / "summary.json", summary)
         _plot(out, cfg, metric)
     return summary
 
@@ -342,12 +341,6 @@ def _tokens_seen(train_dataset, global_step: int, args) -> float:
     lengths = [len(ids) for ids in train_dataset["input_ids"]]
     per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
     return sum(lengths) / len(lengths) * per_step * global_step
-
-
-def _jsonable(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
 
 
 def _plot(out: Path, cfg: TrainConfig, metric: str) -> None:

@@ -13,6 +13,7 @@ from `(data_seed or seed) + epoch`, not from the global RNG that dropout draws f
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -99,9 +100,46 @@ def check_engine_settings(kwargs: dict) -> None:
                             "config), or use FSDP2")
 
 
-def is_first_process() -> bool:
-    """Whether this is global rank 0, before any process group exists (torchrun and accelerate set RANK)."""
+def is_writer() -> bool:
+    """Whether this process writes the files of a run, compare, sweep or tune: global rank 0, and only it.
+
+    Under torchrun / accelerate launch every process runs the same command; all of them train, one writes.
+    Before a process group exists the launcher's RANK says which one this is.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def finite_or_null(value):
+    """`value` with every NaN / Inf float replaced by None, so that it serialises as valid JSON (null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def json_text(value, indent: int | None = 1) -> str:
+    """Strict JSON (non-finite floats as null; other non-JSON values as their str)."""
+    return json.dumps(finite_or_null(value), indent=indent, allow_nan=False, default=str)
+
+
+def write_json(path: str | os.PathLike, value, indent: int | None = 1) -> None:
+    """Write `value` as strict JSON, atomically (a reader sees the old file or the new one, never half of one)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # open(), not mkstemp: the file follows the umask
+    try:
+        with open(tmp, "w") as f:
+            f.write(json_text(value, indent) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # -- completion markers ---------------------------------------------------------------------------------
@@ -142,7 +180,7 @@ class CheckpointCompleteCallback(TrainerCallback):
         # them must be done before the one writer declares the checkpoint complete.
         wait_for_everyone(args)
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if args.should_save and folder.is_dir():
+        if is_writer() and folder.is_dir():
             mark_complete(folder, state.global_step)
         return control
 

@@ -11,6 +11,7 @@ import yaml
 
 from .config import TrainConfig, parse_train_args
 from .errors import LoraPlusError
+from .reliability import is_writer, write_json
 
 # Where a run folder's settings may differ from the experiment asking for it and still be reused.
 RUN_ONLY_KEYS = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint"}
@@ -43,7 +44,8 @@ def run_cell(cfg: TrainConfig, *, role: str) -> dict:
         summary = {"metric": None, "global_step": e.step,  # the step it stopped at, computed but not applied
                    "validation": {}, "best_metric": None, "train_seconds": round(time.perf_counter() - start, 2),
                    "diverged": str(e)}
-        (run / DIVERGED).write_text(json.dumps(summary, indent=1))
+        if is_writer():
+            write_json(run / DIVERGED, summary)
         return summary
 
 

@@ -21,6 +21,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from .errors import LoraPlusError
 from .groups import param_groups
 from .optim import build_optimizer
+from .reliability import is_writer, json_text
 
 
 @dataclass
@@ -119,7 +120,7 @@ class JsonlMetricsCallback(TrainerCallback):
         # training record, logged after the last save) so each step is in the file once. A fresh run
         # (step 0) starts the file empty.
         path = Path(self.path)
-        if state.is_world_process_zero and path.is_file():
+        if is_writer() and path.is_file():
             lines = path.read_text().splitlines()
             kept = [line for line in lines if state.global_step > 0 and _keep_record(line, state.global_step)]
             if len(kept) < len(lines):
@@ -133,7 +134,7 @@ class JsonlMetricsCallback(TrainerCallback):
         self._trained = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
+        if not is_writer() or not logs:
             return
         record = {"step": state.global_step, "epoch": state.epoch, **logs}
         if self._trained:
@@ -144,7 +145,7 @@ class JsonlMetricsCallback(TrainerCallback):
             record["lr_A"] = self._lrs["lora_A"]
             record["lr_B"] = self._lrs.get("lora_B")
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_text(record, indent=None) + "\n")
 
 
 def _keep_record(line: str, step: int) -> bool:

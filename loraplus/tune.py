@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
+import os
 import re
 import shutil
 import sys
@@ -41,6 +41,7 @@ from pathlib import Path
 from .config import TrainConfig, lr_grid, parse_floats, parse_train_args, split_flags
 from .errors import LoraPlusError
 from .runs import check_reusable, greater_is_better, run_cell
+from .reliability import is_writer, write_json
 
 RATIOS = (1, 2, 4, 8, 16, 32)  # default ratio grid: plain LoRA up to twice the paper's 2^4
 BUDGET_RUNS = 4  # default budget: the optimizer steps of this many training runs as configured
@@ -198,8 +199,9 @@ def tune(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir
         "runs": records,
         "tuned_config": str(out / "tuned_config.yaml"),
     }
-    tuned.save(str(out / "tuned_config.yaml"))
-    (out / "tune.json").write_text(json.dumps(result, indent=1))
+    if is_writer():
+        tuned.save(str(out / "tuned_config.yaml"))
+        write_json(out / "tune.json", result)
     return result
 
 
@@ -265,7 +267,10 @@ def _run_log(path: Path):
 
     The terminal keeps one line per run; loraplus warnings (a skipped checkpoint, ...) still reach stderr.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_writer():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:  # every process prints the same: the writer's log is the run's
+        path = Path(os.devnull)
     logger = logging.getLogger("loraplus")
     propagate = logger.propagate
     with open(path, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f), warnings.catch_warnings():

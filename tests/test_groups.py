@@ -240,3 +240,14 @@ def test_fsdp_use_orig_params(names_by_group):
         dist.destroy_process_group()
     assert {n.replace("_fsdp_wrapped_module.", "") for n in sets["lora_B"]} == bert_names("query", "lora_B")
     assert len(sets["lora_A"]) == 2
+
+
+def test_partition_check_holds_under_python_O():
+    """The groups' disjoint-and-complete check raises under `python -O` too (an assert would vanish there)."""
+    import subprocess
+    import sys
+
+    code = ("import torch; from loraplus.groups import _assert_partition; p = torch.nn.Parameter(torch.zeros(2)); "
+            "_assert_partition([{'params': [p]}, {'params': [p]}], [p])")
+    done = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "two LoRA+ groups" in done.stderr

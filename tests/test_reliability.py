@@ -281,3 +281,15 @@ def test_diverging_run_exits_2_with_one_line(setup, tmp_path, capsys):
     assert main(["train", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert re.match(r"error: non-finite (loss|gradient) at step \d+", err[-1])
+
+
+def test_json_files_stay_valid_json_with_non_finite_metrics(tmp_path):
+    """A NaN or Inf metric is written as null, so summary.json (and every JSON file of a run) parses strictly."""
+    from loraplus.reliability import write_json
+
+    path = tmp_path / "summary.json"
+    write_json(path, {"train_loss": float("nan"), "validation": {"eval_loss": float("inf")},
+                      "steps": [1, float("-inf")]})
+    strict = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert strict == {"train_loss": None, "validation": {"eval_loss": None}, "steps": [1, None]}
+    assert not list(tmp_path.glob(".*tmp"))  # written atomically: no temporary file left
