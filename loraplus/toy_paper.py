@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -41,9 +42,11 @@ from .errors import LoraPlusError
 from .toy import _pyplot, _require, adam_step
 
 WITHIN = 0.01  # cells whose loss is within 1% of the best are marked, as in the paper's heatmaps
+WIDE = 0.10  # also reported: how far the cells within 10% of the best reach, a measure of how flat the optimum is
 SPLITS = ("train", "test")
-DEFAULT_LOG2_LR_A = (-14.0, 4.0)  # (min, max) of log2 lr_A
-DEFAULT_LOG2_LR_B = (-18.0, 0.0)
+# (min, max) of log2 lr: at n = 100 this holds the whole valley of the loss, up to where it fades out at small lr_B
+DEFAULT_LOG2_LR_A = (-16.0, 6.0)
+DEFAULT_LOG2_LR_B = (-22.0, 0.0)
 
 
 class PaperProblem(NamedTuple):
@@ -142,8 +145,11 @@ def near_best(grid: torch.Tensor, tolerance: float = WITHIN) -> torch.Tensor:
     return finite & (grid <= (1 + tolerance) * grid[finite].min())
 
 
-def _finite(t):
-    return [_finite(r) for r in t] if t.dim() else (float(t) if math.isfinite(float(t)) else None)
+def _finite(t, digits: int = 17):
+    """Nested lists of floats (to `digits` significant digits), None for a non-finite entry."""
+    if t.dim():
+        return [_finite(r, digits) for r in t]
+    return float(f"{float(t):.{digits}g}") if math.isfinite(float(t)) else None
 
 
 def _grid(rows) -> torch.Tensor:
@@ -151,11 +157,11 @@ def _grid(rows) -> torch.Tensor:
 
 
 def summarise(grid: torch.Tensor, log2_a: list[float], log2_b: list[float]) -> dict:
-    """Best cell, the cells within 1% of it (count, lr_B / lr_A range) and the best cell with lr_A = lr_B.
+    """Best cell, the cells within 1% and 10% of it (count, lr_B / lr_A range) and the best cell with lr_A = lr_B.
 
     grid[i][j] is the loss at lr_B = 2^log2_b[i], lr_A = 2^log2_a[j].
     """
-    out = {"best": None, "near_best": None, "best_equal_lr": None}
+    out = {"best": None, "near_best": None, "near_best_10pct": None, "best_equal_lr": None}
     if not torch.isfinite(grid).any():
         return out
     i, j = divmod(int(torch.where(torch.isfinite(grid), grid, math.inf).argmin()), len(log2_a))
@@ -165,10 +171,11 @@ def summarise(grid: torch.Tensor, log2_a: list[float], log2_b: list[float]) -> d
                 "loss": float(grid[i, j])}
 
     out["best"] = cell(i, j)
-    rows, cols = near_best(grid).nonzero(as_tuple=True)
-    ratios = [log2_b[r] - log2_a[c] for r, c in zip(rows.tolist(), cols.tolist())]
-    out["near_best"] = {"cells": len(ratios), "log2_ratio_min": min(ratios), "log2_ratio_max": max(ratios),
-                        "includes_equal_lr": 0 in ratios}
+    for key, tolerance in (("near_best", WITHIN), ("near_best_10pct", WIDE)):
+        rows, cols = near_best(grid, tolerance).nonzero(as_tuple=True)
+        ratios = [log2_b[r] - log2_a[c] for r, c in zip(rows.tolist(), cols.tolist())]
+        out[key] = {"cells": len(ratios), "log2_ratio_min": min(ratios), "log2_ratio_max": max(ratios),
+                    "includes_equal_lr": 0 in ratios}
     diagonal = [(r, c) for r, b in enumerate(log2_b) for c, a in enumerate(log2_a)
                 if a == b and math.isfinite(grid[r, c])]
     if diagonal:
@@ -178,11 +185,13 @@ def summarise(grid: torch.Tensor, log2_a: list[float], log2_b: list[float]) -> d
 
 
 def _seed_record(path: Path, config: dict, width: int, seed: int, *, block_elements: int) -> dict:
-    """One (width, seed): train every cell, keep the loss grids at the report steps; reuse a matching record."""
+    """One (width, seed): train every cell, keep the loss grids at the report steps; reuse a matching record.
+
+    Returns the record and whether it was reused."""
     if path.exists():
         record = json.loads(path.read_text())
         if record["config"] == config:
-            return record
+            return record, True
     log2_a, log2_b = config["log2_lrs_a"], config["log2_lrs_b"]
     cell_a = [2.0**a for _ in log2_b for a in log2_a]  # cell c = i * len(log2_a) + j <-> (lr_B_i, lr_A_j)
     cell_b = [2.0**b for b in log2_b for _ in log2_a]
@@ -192,21 +201,25 @@ def _seed_record(path: Path, config: dict, width: int, seed: int, *, block_eleme
     train, test, _, _ = train_paper_grid(problem, cell_a, cell_b, steps=config["steps"],
                                          block_elements=block_elements)
     shape = (len(log2_b), len(log2_a))
-    loss = {split: {str(t): _finite(trace[t].view(shape)) for t in [0, *config["report_steps"]]}
+    # Besides the report steps, steps 1, 2, 5, 10, 20, 50, ... are kept, for looking at the grids over time later.
+    kept = sorted({0, *config["report_steps"], *(k * 10**e for e in range(7) for k in (1, 2, 5)
+                                                  if k * 10**e <= config["steps"])})
+    loss = {split: {str(t): _finite(trace[t].view(shape), digits=7) for t in kept}
             for split, trace in (("train", train), ("test", test))}
     record = {"config": config, "width": width, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
               "loss": loss}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record))
-    return record
+    return record, False
 
 
 def _width_summary(records: list[dict], config: dict) -> dict:
     """Seed-mean grids (a non-finite seed makes the cell inf) and their summaries, per split and report step."""
-    out = {"width": records[0]["width"], "seconds": round(sum(r["seconds"] for r in records), 1)}
+    out = {"width": records[0]["width"], "seconds": round(sum(r["seconds"] for r in records), 1),
+           "untrained_loss": {s: statistics.mean(r["loss"][s]["0"][0][0] for r in records) for s in SPLITS}}
     for split in SPLITS:
         out[split] = {}
-        for t in ["0", *map(str, config["report_steps"])]:
+        for t in map(str, config["report_steps"]):
             grid = torch.stack([_grid(r["loss"][split][t]) for r in records]).mean(0)
             grid = torch.where(torch.isfinite(grid), grid, math.inf)
             out[split][t] = {"loss": _finite(grid), **summarise(grid, config["log2_lrs_a"], config["log2_lrs_b"])}
@@ -255,9 +268,11 @@ def run_paper_toy(*, widths=(100,), steps: int = 200, report_steps=None, seeds=(
         for n in widths:
             records = []
             for seed in seeds:
-                records.append(_seed_record(out / "runs" / f"width{n}_seed{seed}.json", config, n, seed,
-                                            block_elements=block_elements))
-                print(f"width {n} seed {seed}: {records[-1]['seconds']:.1f} s", flush=True)
+                record, reused = _seed_record(out / "runs" / f"width{n}_seed{seed}.json", config, n, seed,
+                                              block_elements=block_elements)
+                records.append(record)
+                print(f"width {n} seed {seed}: {record['seconds']:.1f} s" + (" (saved run reused)" if reused else ""),
+                      flush=True)
             summaries.append(_width_summary(records, config))
     finally:
         torch.set_num_threads(previous_threads)
@@ -269,6 +284,7 @@ def run_paper_toy(*, widths=(100,), steps: int = 200, report_steps=None, seeds=(
     if len(summaries) > 1:
         _plot_ratio(result, out / "ratio_vs_width.png")
     print(format_table(result))
+    print("\nlog2 lr_B / lr_A of the best cell [range within 1% of the best] {within 10%}:\n" + format_ratios(result))
     print(f"toy_paper.json and figures in {out}")
     return result
 
@@ -294,6 +310,22 @@ def format_table(result: dict) -> str:
     return "\n".join(rows)
 
 
+def format_ratios(result: dict) -> str:
+    """log2 lr_B / lr_A of the best cell per width and (split, step), [its range over the cells within 1% of the
+    best], {and within 10%}."""
+    columns = [(split, t) for split in SPLITS for t in map(str, result["config"]["report_steps"])]
+    rows = [f"{'width':>6} " + " ".join(f"{f'{split} t={t}':>22}" for split, t in columns)]
+    for w in result["widths"]:
+        cells = []
+        for split, t in columns:
+            s = w[split][t]
+            b, nb, wide = s["best"], s["near_best"], s["near_best_10pct"]
+            cells.append(f"{b['log2_ratio']:g} [{nb['log2_ratio_min']:g},{nb['log2_ratio_max']:g}] "
+                         f"{{{wide['log2_ratio_min']:g},{wide['log2_ratio_max']:g}}}" if b else "-")
+        rows.append(f"{w['width']:>6} " + " ".join(f"{c:>22}" for c in cells))
+    return "\n".join(rows)
+
+
 def _plot_heatmaps(result: dict, width: dict, path: Path) -> None:
     """The paper's figure layout: train and test loss at each report step, the 1% cells dotted red."""
     plt, cfg = _pyplot(), result["config"]
@@ -306,8 +338,8 @@ def _plot_heatmaps(result: dict, width: dict, path: Path) -> None:
         for ax, split in zip(row, SPLITS):
             s = width[split][t]
             grid = _grid(s["loss"])
-            untrained = float(_grid(width[split]["0"]["loss"])[0, 0])  # every cell starts from the same model
-            shown = grid.clamp(max=untrained).log10()  # no progress, worse or diverged: the worst colour
+            # Every cell starts from the same model; no progress, worse or diverged all get the worst colour.
+            shown = grid.clamp(max=width["untrained_loss"][split]).log10()
             im = ax.imshow(shown, origin="lower", extent=extent, aspect="auto", cmap="viridis_r")
             fig.colorbar(im, ax=ax, label="log10 loss")
             lo, hi = max(xa[0], yb[0]), min(xa[-1], yb[-1])
@@ -379,3 +411,10 @@ def main_paper(argv: list[str]) -> int:
     """`loraplus toy [--model paper] [--widths 100 --steps 200 --seeds 0,1,2 --log2_lr_a -14,4 ...]`."""
     run_paper_toy(**parse_flags(argv, FLAGS, "toy --model paper"))
     return 0
+
+
+if __name__ == "__main__":  # reprint the table of a toy_paper.json: python -m loraplus.toy_paper PATH
+    import sys
+
+    reprinted = json.loads(Path(sys.argv[1]).read_text())
+    print(format_table(reprinted) + "\n\n" + format_ratios(reprinted))
