@@ -1,6 +1,7 @@
 """Packed encoders (loraplus/packing.py): the same function on fewer tokens."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -86,19 +87,30 @@ def test_a_causal_lm_is_left_unpacked():
     assert model.config._attn_implementation == before
 
 
-def test_packed_training_trains_the_adapter_of_one_padded_batch(tmp_path, tokenizer):
-    """`loraplus train` end to end, without dropout: packed and plain padded batches give one adapter."""
+def test_packed_training_trains_the_adapter_of_one_padded_batch(tmp_path, tokenizer, monkeypatch):
+    """`loraplus train` end to end, without dropout: packed and plain padded batches log the same loss at every
+    step and give one adapter, and the packed run did pack (every training forward), the plain one never."""
     model = save_tiny_bert(tmp_path / "bert", tokenizer, dropout=0.0)
     write_sentiment_csvs(tmp_path)
-    adapters = []
+    packs = []
+    original = loraplus.packing.pack
+    monkeypatch.setattr(loraplus.packing, "pack", lambda x, p: packs.append(x.shape) or original(x, p))
+    adapters, losses, packs_per_run = [], [], []
     for packed in ("true", "false"):
+        packs.clear()
         out = tmp_path / f"packed-{packed}"
         assert main(["train", "--model_name_or_path", model, "--train_file", str(tmp_path / "train.csv"),
                      "--validation_file", str(tmp_path / "dev.csv"), "--output_dir", str(out),
                      "--per_device_train_batch_size", "8", "--length_micro_batches", "1",
                      "--packed_sequences", packed, "--max_steps", "6", "--learning_rate", "1e-2",
-                     "--lora_dropout", "0", "--report_to", "none", "--fast_cpu_dropout", "false"]) == 0
+                     "--lora_dropout", "0", "--report_to", "none", "--fast_cpu_dropout", "false",
+                     "--logging_steps", "1"]) == 0
         adapters.append(load_file(out / "adapter_model.safetensors"))
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        losses.append([r["loss"] for r in records if "loss" in r])
+        packs_per_run.append(len(packs))
+    assert packs_per_run[0] >= 6 and packs_per_run[1] == 0, packs_per_run  # 6 training steps packed, then evals not
+    assert len(losses[0]) == 6 and losses[0] == pytest.approx(losses[1], rel=1e-5)
     diff = max((adapters[0][k] - adapters[1][k]).abs().max().item() for k in adapters[0])
     moved = max(adapters[0][k].abs().max().item() for k in adapters[0] if "lora_B" in k)
     assert moved > 1e-3 and diff < 1e-5, (moved, diff)

@@ -3,13 +3,16 @@
 import itertools
 import random
 
+import pytest
 import torch
-from conftest import save_tiny_bert, write_sentiment_csvs
+from conftest import peft, save_tiny_bert, tiny_gpt2, tiny_llama, write_sentiment_csvs
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
-from loraplus.cli import main
 import loraplus.sampling
-from loraplus.sampling import micro_batch_cuts, sorted_within_batches, split_batch
+from loraplus import LoraPlusTrainer, LoraPlusTrainingArguments
+from loraplus.cli import main
+from loraplus.sampling import SortedWithinBatchesMixin, micro_batch_cuts, sorted_within_batches, split_batch
 
 LENGTHS = [random.Random(0).randint(3, 120) for _ in range(203)]  # 6 full batches of 32 and a short one
 
@@ -106,3 +109,73 @@ def test_micro_batches_train_the_same_adapter_as_one_padded_batch(tmp_path, toke
     diff = max((adapters[0][k] - adapters[1][k]).abs().max().item() for k in adapters[0])
     moved = max(adapters[0][k].abs().max().item() for k in adapters[0] if "lora_B" in k)
     assert moved > 1e-3 and diff < 1e-5, (moved, diff)
+
+
+class LogRecorder(TrainerCallback):
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if "loss" in logs:
+            self.logs.append((logs["loss"], logs["grad_norm"]))
+
+
+class MicroBatchTrainer(SortedWithinBatchesMixin, LoraPlusTrainer):
+    pass
+
+
+def causal_rows(seed: int, n: int = 48):
+    """Token rows of 2 to 30 tokens, so that sorted batches have long tails worth cutting."""
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    rows = [[rng.randrange(4, 64) for _ in range(rng.randint(2, 30))] for _ in range(n)]
+    return Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows], "labels": rows})
+
+
+def micro_batch_run(tmp_path, tokenizer, build, micro: int, loss_kwargs: bool, seed: int):
+    """Per-step (loss, gradient norm) of 6 steps of batch 4 x accumulation 2, with or without micro-batches."""
+    from loraplus.data import collator_for
+
+    model = peft(build(), target_modules=TARGETS[build.__name__])
+    args = LoraPlusTrainingArguments(output_dir=str(tmp_path / f"m{micro}"), per_device_train_batch_size=4,
+                                     gradient_accumulation_steps=2, learning_rate=1e-2, max_steps=6, logging_steps=1,
+                                     report_to=[], save_strategy="no", use_cpu=True, seed=seed, disable_tqdm=True,
+                                     max_grad_norm=1e9)  # logs the gradient norm without clipping
+    recorder = LogRecorder()
+    trainer = MicroBatchTrainer(model=model, args=args, train_dataset=causal_rows(seed),
+                                data_collator=collator_for("causal_lm", tokenizer),
+                                callbacks=[recorder], length_micro_batches=micro, length_micro_batch_cost=0)
+    # False: the model's loss is a mean over each forward's tokens, weighted by share (the token-weighted branch);
+    # True: the Trainer passes num_items_in_batch and the loss is already a sum over the step's items
+    trainer.model_accepts_loss_kwargs = loss_kwargs
+    parts = []
+    original = trainer._micro_batches
+    trainer._micro_batches = lambda inputs: parts.append(len(found := original(inputs))) or found
+    trainer.train()
+    return recorder.logs, parts
+
+
+def gpt2_without_dropout():
+    model = tiny_gpt2()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # the two runs must differ in their batches' cuts only
+    return model
+
+
+TARGETS = {"gpt2_without_dropout": ["c_attn"], "tiny_llama": ["q_proj", "v_proj"]}
+
+
+@pytest.mark.parametrize("build", [gpt2_without_dropout, tiny_llama], ids=["gpt2", "llama"])
+@pytest.mark.parametrize("loss_kwargs", [True, False], ids=["num_items_in_batch", "token_weighted"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_causal_micro_batches_log_the_losses_and_gradient_norms_of_whole_batches(tmp_path, tokenizer, build,
+                                                                                   loss_kwargs, seed):
+    """A causal LM cut into micro-batches logs, at every step, the loss and gradient norm of whole padded batches."""
+    whole, _ = micro_batch_run(tmp_path, tokenizer, build, 1, loss_kwargs, seed)
+    cut, parts = micro_batch_run(tmp_path, tokenizer, build, 4, loss_kwargs, seed)
+    assert max(parts) > 1  # some batches did run as several micro-batches
+    assert len(whole) == len(cut) == 6
+    assert [loss for loss, _ in cut] == pytest.approx([loss for loss, _ in whole], rel=1e-5)
+    assert [norm for _, norm in cut] == pytest.approx([norm for _, norm in whole], rel=1e-4)

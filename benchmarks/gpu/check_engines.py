@@ -15,13 +15,21 @@ Trainer builds its optimizer, looks at the optimizer after the engine has wrappe
 - start: the A and B values the engine holds at the start are the unwrapped model's (B = 0);
 - trained: after the last step every lora_A and lora_B tensor has moved (full fp32 values, gathered
   through the engine: deepspeed.utils.safe_get_full_fp32_param, FSDP.summon_full_params, DTensor);
+- partitioned (ZeRO-3): every LoRA factor and every `modules_to_save` tensor is split across the processes;
 - run: `loraplus train` finished (evaluation, checkpoint, best-model reload, save);
-- saved: the adapter it saved holds the trained values;
+- saved: the adapter it saved holds the trained values of every A, B and `modules_to_save` tensor, gathered
+  through the engine at the last step (the final save goes through `Trainer.save_model`, which gathers);
 - model: the model trains in float32 weights, and the roles agree with the parameter names (a witness
   independent of groups.py, which never looks at names).
 
 Prints one PASS/FAIL line per engine, writes OUT/engines.json, exits 1 when any engine failed.
 On a CPU (--device cpu) FSDP and DeepSpeed (DS_ACCELERATOR=cpu) run over gloo with two processes.
+
+ZeRO-3 keeps a parameter whole on every process when it has fewer values than
+`stage3_param_persistence_threshold`, which transformers fills ("auto") with 10 x hidden size: 3,840 for
+MiniLM, whose r = 8 factors hold 8 x 384 = 3,072 values and whose classifier 3 x 384 = 1,152. With the
+example config nothing of the adapter would be partitioned, and a save that forgot to gather would still
+look right. The zero3 run therefore uses examples/deepspeed_zero3.json with the threshold set to 0.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ POLICY = {  # group -> (lr, weight decay): the README's table, stated here indep
     "other_no_decay": (LR_OTHER, 0.0),
 }
 LORA_GROUPS = ("lora_A", "lora_B")
+SAVED_ROLES = ("lora_A", "lora_B", "other", "other_no_decay")  # the adapter file: factors and modules_to_save
 # Wrapper prefixes inside parameter names: FSDP1, activation checkpointing, torch.compile.
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 
@@ -250,6 +259,7 @@ def make_probe(roles: dict[str, str], reference_start: dict, steps: int):
     from transformers import TrainerCallback
 
     lora = {n for n, r in roles.items() if r in LORA_GROUPS}
+    saved_names = {n for n, r in roles.items() if r in SAVED_ROLES}
 
     class EngineProbe(TrainerCallback):
         def __init__(self):
@@ -291,6 +301,12 @@ def make_probe(roles: dict[str, str], reference_start: dict, steps: int):
             self.info.update(optimizer_chain=chain, groups=table)
             self.checks["groups"] = [not problems, "; ".join(problems) or
                                      ", ".join(f"{g['name']} {g['tensors']} @ {g['initial_lr']:g}" for g in table)]
+            if any(hasattr(p, "ds_numel") for p in model.parameters()):  # ZeRO-3
+                whole = [clean(n) for n, p in model.named_parameters()
+                         if clean(n) in saved_names and not (p.numel() == 0 < p.ds_numel)]
+                self.checks["partitioned"] = [not whole, f"{len(whole)} of {len(saved_names)} adapter tensors are "
+                                              f"whole on each process, e.g. {whole[:1]}" if whole else
+                                              f"all {len(saved_names)} adapter tensors partitioned"]
             self.start = full_values(model, lora)
             off = [n for n in lora if not _close(self.start.get(n), reference_start[n])]
             self.checks["start"] = [not off, f"{len(off)} A/B tensors differ from the unwrapped model's, e.g. "
@@ -304,7 +320,7 @@ def make_probe(roles: dict[str, str], reference_start: dict, steps: int):
             if max(factors) - min(factors) > 1e-9 * max(1.0, max(factors)):
                 self.checks["lrs"] = [False, f"step {state.global_step}: groups scaled unequally {lrs}"]
             if state.global_step == steps:
-                self.end = full_values(model, lora)
+                self.end = full_values(model, saved_names)
 
         def finish(self, run_error: str | None, saved_adapter: Path | None) -> None:
             self.checks.setdefault("lrs", [bool(self.step_lrs), f"lr_B / lr_A = {RATIO:g} at all "
@@ -322,10 +338,15 @@ def make_probe(roles: dict[str, str], reference_start: dict, steps: int):
                 from safetensors.torch import load_file
 
                 saved = load_file(saved_adapter)
-                # PEFT saves without the adapter name: ...query.lora_A.default.weight -> ...query.lora_A.weight
-                off = [n for n in lora if not _close(saved.get(n.replace(".default.", ".")), self.end[n])]
-                self.checks["saved"] = [not off, f"{len(off)} of {len(lora)} saved A/B tensors differ from the trained "
-                                        f"values, e.g. {off[:1]}" if off else "adapter holds the trained A and B"]
+                # PEFT saves without the adapter name: ...query.lora_A.default.weight -> ...query.lora_A.weight,
+                # ...classifier.modules_to_save.default.weight -> ...classifier.weight
+                def key(name):
+                    return name.replace(".modules_to_save.default.", ".").replace(".default.", ".")
+
+                off = [n for n in saved_names if not _close(saved.get(key(n)), self.end[n])]
+                self.checks["saved"] = [not off, f"{len(off)} of {len(saved_names)} saved tensors differ from the "
+                                        f"trained values, e.g. {off[:1]}" if off else
+                                        f"adapter holds the trained values of all {len(saved_names)} tensors"]
             elif run_error is None:
                 self.checks["saved"] = [False, "no adapter_model.safetensors"]
 
@@ -337,7 +358,7 @@ def worker(args) -> int:
     import torch
     from transformers import set_seed
 
-    import loraplus.trainer
+    import loraplus.run_trainer
     from loraplus import pipeline
     from loraplus.config import parse_train_args
     from loraplus.groups import parameter_roles
@@ -354,7 +375,17 @@ def worker(args) -> int:
                  "--per_device_train_batch_size", "8", "--output_dir", str(folder / "run"),
                  "--overwrite_output_dir", "true", "--report_to", "none",
                  "--bf16", "auto" if args.device == "cuda" else "false"]
-    if args.worker.startswith("zero"):
+    if args.worker == "zero3":  # every adapter tensor partitioned (module docstring)
+        config = json.loads((EXAMPLES / "deepspeed_zero3.json").read_text())
+        config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+        partitioned = folder / "deepspeed_zero3_partitioned.json"
+        if int(os.environ.get("RANK", "0")) == 0:
+            partitioned.write_text(json.dumps(config, indent=1))
+        else:
+            while not partitioned.is_file():
+                time.sleep(0.1)
+        overrides += ["--deepspeed", str(partitioned)]
+    elif args.worker.startswith("zero"):
         overrides += ["--deepspeed", str(EXAMPLES / f"deepspeed_{args.worker}.json")]
     overrides += shlex.split(args.train_args)
     cfg = parse_train_args(overrides)
@@ -375,10 +406,10 @@ def worker(args) -> int:
     del reference
 
     probe = make_probe(roles, reference_start, args.steps)
-    original = loraplus.trainer.LoraPlusTrainer
+    original = loraplus.run_trainer.RunTrainer
 
     class ProbedTrainer(original):
-        """LoraPlusTrainer that attaches the probe once its optimizer exists (one hook, as the library does)."""
+        """The run's Trainer, attaching the probe once its optimizer exists (one hook, as the library does)."""
 
         def create_optimizer(self, model=None):
             optimizer = super().create_optimizer(model)
@@ -386,20 +417,20 @@ def worker(args) -> int:
                 self.add_callback(probe)
             return optimizer
 
-    loraplus.trainer.LoraPlusTrainer = ProbedTrainer  # pipeline.train imports it from loraplus.trainer when called
+    loraplus.run_trainer.RunTrainer = ProbedTrainer  # pipeline.train imports it from loraplus.run_trainer when called
     run_error = None
     try:
         pipeline.train(cfg)
     except Exception as e:  # noqa: BLE001 - any failure of the run is a finding, reported with the others
         run_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]
     finally:
-        loraplus.trainer.LoraPlusTrainer = original
+        loraplus.run_trainer.RunTrainer = original
     adapter = folder / "run" / "adapter_model.safetensors"
     probe.finish(run_error, adapter if run_error is None and adapter.is_file() else None)
     checks = probe.checks
     if not probe.info["attached"]:
-        checks["groups"] = [False, "the probe never saw an optimizer (does pipeline.train still use loraplus.trainer's "
-                            "LoraPlusTrainer?)"]
+        checks["groups"] = [False, "the probe never saw an optimizer (does pipeline.train still use "
+                            "loraplus.run_trainer.RunTrainer?)"]
     checks["model"] = [dtype == "torch.float32" and not witness,
                        f"base weights {dtype}" + (f"; roles disagree with names: {witness[:2]}" if witness else "")]
     rank = int(os.environ.get("RANK", "0"))
