@@ -13,6 +13,7 @@ holds no toy model. Each detail below is therefore our reading, chosen as the mo
 - The middle ReLU takes slope 1 at 0 (relu'(z) = 1 for z >= 0). With B = 0 every entry of B A relu(W_in x) is
   exactly 0, and with PyTorch's slope 0 at 0 every gradient of A and B would be exactly 0: nothing would ever
   train (tests/test_toy.py shows it). Only the first step sees z = 0; after it B != 0 and z = 0 has probability 0.
+  `--b_init_std S` instead starts B from N(0, S^2), where the slope at 0 never matters: a check on this reading.
 - Loss: mean squared error over the training set, full batch (every step sees all 1000 points).
 - Adam as torch.optim.Adam's defaults (betas 0.9/0.999, eps 1e-8), no weight decay, no schedule.
 - lr grids: powers of 2 (log2 steps of `--log2_lr_step`), lr_A and lr_B over their own ranges.
@@ -55,6 +56,7 @@ class PaperProblem(NamedTuple):
     w_in: torch.Tensor  # (n, d)
     w_out: torch.Tensor  # (n,)
     a0: torch.Tensor  # (r, n)
+    b0: torch.Tensor  # (n, r): zero unless b_init_std > 0
     x_train: torch.Tensor  # (n_train, d)
     y_train: torch.Tensor  # (n_train,)
     x_test: torch.Tensor  # (n_test, d)
@@ -62,8 +64,10 @@ class PaperProblem(NamedTuple):
 
 
 def paper_problem(width: int, *, input_dim: int = 5, rank: int = 4, n_train: int = 1000, n_test: int = 100,
-                  seed: int = 0, dtype=torch.float32) -> PaperProblem:
-    """W_in, W_out, A's init and the data of one seed (drawn in float64 so every dtype sees the same problem)."""
+                  seed: int = 0, b_init_std: float = 0.0, dtype=torch.float32) -> PaperProblem:
+    """W_in, W_out, the LoRA init and the data of one seed (drawn in float64 so every dtype sees the same problem).
+
+    b_init_std > 0 draws B ~ N(0, b_init_std^2) last, so every other draw is the same as with B = 0."""
     gen = torch.Generator().manual_seed(seed)
 
     def draw(*shape, std=1.0):
@@ -72,7 +76,8 @@ def paper_problem(width: int, *, input_dim: int = 5, rank: int = 4, n_train: int
     w_in, w_out, a0 = draw(width, input_dim, std=input_dim**-0.5), draw(width, std=width**-0.5), draw(
         rank, width, std=width**-0.5)
     x_train, x_test = draw(n_train, input_dim), draw(n_test, input_dim)
-    tensors = (w_in, w_out, a0, x_train, torch.sin(x_train.mean(1)), x_test, torch.sin(x_test.mean(1)))
+    b0 = draw(width, rank, std=b_init_std) if b_init_std else torch.zeros(width, rank, dtype=torch.float64)
+    tensors = (w_in, w_out, a0, b0, x_train, torch.sin(x_train.mean(1)), x_test, torch.sin(x_test.mean(1)))
     return PaperProblem(*(x.to(dtype) for x in tensors))
 
 
@@ -121,7 +126,7 @@ def train_paper_grid(problem: PaperProblem, lr_a, lr_b, *, steps: int, block_ele
     # One buffer per cell: rows [:r] are A, rows [r:] are B^T, so a single Adam call updates both with per-row
     # learning rates (lr_A for A's rows, lr_B for B's: the LoRA+ split).
     theta = torch.zeros(cells, 2 * rank, n, dtype=dtype)
-    theta[:, :rank] = a0
+    theta[:, :rank], theta[:, rank:] = a0, problem.b0.T
     lr = torch.cat([torch.as_tensor(lr_a, dtype=dtype).view(-1, 1, 1).expand(cells, rank, 1),
                     torch.as_tensor(lr_b, dtype=dtype).view(-1, 1, 1).expand(cells, rank, 1)], dim=1)
     m, v, grad = torch.zeros_like(theta), torch.zeros_like(theta), torch.empty_like(theta)
@@ -157,18 +162,22 @@ def _grid(rows) -> torch.Tensor:
 
 
 def summarise(grid: torch.Tensor, log2_a: list[float], log2_b: list[float]) -> dict:
-    """Best cell, the cells within 1% and 10% of it (count, lr_B / lr_A range) and the best cell with lr_A = lr_B.
+    """Best cell, the cells within 1% and 10% of it (count, lr_B / lr_A range), the best cell with lr_A = lr_B
+    and the best loss at each ratio.
 
     grid[i][j] is the loss at lr_B = 2^log2_b[i], lr_A = 2^log2_a[j].
     """
-    out = {"best": None, "near_best": None, "near_best_10pct": None, "best_equal_lr": None}
+    out = {"best": None, "near_best": None, "near_best_10pct": None, "best_equal_lr": None, "best_by_ratio": None}
     if not torch.isfinite(grid).any():
         return out
     i, j = divmod(int(torch.where(torch.isfinite(grid), grid, math.inf).argmin()), len(log2_a))
 
     def cell(i, j):
+        # A best cell on the grid's border may only be the best the grid can see: the valley can run on past it.
+        edge = [f"lr_{name} {end}" for name, k, size in (("A", j, len(log2_a)), ("B", i, len(log2_b)))
+                for end, at in (("min", 0), ("max", size - 1)) if k == at and size > 1]
         return {"log2_lr_a": log2_a[j], "log2_lr_b": log2_b[i], "log2_ratio": log2_b[i] - log2_a[j],
-                "loss": float(grid[i, j])}
+                "loss": float(grid[i, j]), "grid_edge": edge}
 
     out["best"] = cell(i, j)
     for key, tolerance in (("near_best", WITHIN), ("near_best_10pct", WIDE)):
@@ -181,10 +190,18 @@ def summarise(grid: torch.Tensor, log2_a: list[float], log2_b: list[float]) -> d
     if diagonal:
         out["best_equal_lr"] = cell(*min(diagonal, key=lambda rc: float(grid[rc])))
         out["best_equal_lr"]["times_best"] = out["best_equal_lr"]["loss"] / out["best"]["loss"]
+    # The best loss at each ratio lr_B / lr_A (over the cells on that diagonal of the grid): how the optimum
+    # depends on the ratio alone, whatever the overall learning rate.
+    by_ratio = {}
+    for r, b in enumerate(log2_b):
+        for c, a in enumerate(log2_a):
+            if math.isfinite(grid[r, c]):
+                by_ratio[b - a] = min(by_ratio.get(b - a, math.inf), float(grid[r, c]))
+    out["best_by_ratio"] = {"log2_ratio": sorted(by_ratio), "loss": [by_ratio[k] for k in sorted(by_ratio)]}
     return out
 
 
-def _seed_record(path: Path, config: dict, width: int, seed: int, *, block_elements: int) -> dict:
+def _seed_record(path: Path, config: dict, width: int, seed: int, *, b_init_std: float, block_elements: int):
     """One (width, seed): train every cell, keep the loss grids at the report steps; reuse a matching record.
 
     Returns the record and whether it was reused."""
@@ -196,7 +213,7 @@ def _seed_record(path: Path, config: dict, width: int, seed: int, *, block_eleme
     cell_a = [2.0**a for _ in log2_b for a in log2_a]  # cell c = i * len(log2_a) + j <-> (lr_B_i, lr_A_j)
     cell_b = [2.0**b for b in log2_b for _ in log2_a]
     problem = paper_problem(width, input_dim=config["input_dim"], rank=config["rank"], n_train=config["n_train"],
-                            n_test=config["n_test"], seed=seed)
+                            n_test=config["n_test"], seed=seed, b_init_std=b_init_std)
     start = time.perf_counter()
     train, test, _, _ = train_paper_grid(problem, cell_a, cell_b, steps=config["steps"],
                                          block_elements=block_elements)
@@ -228,12 +245,14 @@ def _width_summary(records: list[dict], config: dict) -> dict:
 
 def run_paper_toy(*, widths=(100,), steps: int = 200, report_steps=None, seeds=(0, 1, 2), rank: int = 4,
                   input_dim: int = 5, n_train: int = 1000, n_test: int = 100, log2_lr_a=DEFAULT_LOG2_LR_A,
-                  log2_lr_b=DEFAULT_LOG2_LR_B, log2_lr_step: float = 1.0, output_dir="loraplus-toy-paper",
-                  threads: int | None = 1, block_elements: int = 2**18) -> dict:
+                  log2_lr_b=DEFAULT_LOG2_LR_B, log2_lr_step: float = 1.0, b_init_std: float = 0.0,
+                  output_dir="loraplus-toy-paper", threads: int | None = 1, block_elements: int = 2**18) -> dict:
     """Train the paper's toy on the (lr_A, lr_B) grid at each width and seed; write toy_paper.json and figures.
 
-    log2_lr_a / log2_lr_b: (min, max) of log2 lr, in steps of log2_lr_step. Each (width, seed) is saved under
-    output_dir/runs/ and reused by a later run with the same settings, so a long sweep can be run in parts.
+    log2_lr_a / log2_lr_b: (min, max) of log2 lr, in steps of log2_lr_step. b_init_std > 0: B starts from
+    N(0, b_init_std^2) instead of 0, a check on the ReLU-slope reading (module docstring). Each (width, seed) is
+    saved under output_dir/runs/ and reused by a later run with the same settings, so a long sweep can be run in
+    parts.
     `threads`: torch intra-op threads while training (None keeps torch's setting).
     """
     widths, seeds = list(widths), list(seeds)
@@ -248,6 +267,7 @@ def run_paper_toy(*, widths=(100,), steps: int = 200, report_steps=None, seeds=(
     _require(seeds and all(isinstance(s, int) for s in seeds), "seeds", "a non-empty list of integers", seeds)
     _require(threads is None or (isinstance(threads, int) and threads >= 1), "threads", "an integer >= 1", threads)
     _require(math.isfinite(log2_lr_step) and log2_lr_step > 0, "log2_lr_step", "a positive number", log2_lr_step)
+    _require(math.isfinite(b_init_std) and b_init_std >= 0, "b_init_std", "a number >= 0", b_init_std)
     grids = {}
     for name, bounds in (("log2_lr_a", log2_lr_a), ("log2_lr_b", log2_lr_b)):
         lo, hi = bounds if len(bounds) == 2 else (math.nan, math.nan)
@@ -257,7 +277,8 @@ def run_paper_toy(*, widths=(100,), steps: int = 200, report_steps=None, seeds=(
     config = {"model": "f(x) = W_out relu(B A relu(W_in x)); only A, B trained; see loraplus/toy_paper.py",
               "rank": rank, "input_dim": input_dim, "n_train": n_train, "n_test": n_test, "steps": steps,
               "report_steps": report_steps, "log2_lrs_a": grids["log2_lr_a"], "log2_lrs_b": grids["log2_lr_b"],
-              "init": "W_in ~ N(0, 1/d), W_out ~ N(0, 1/n), A ~ N(0, 1/n), B = 0", "relu_slope_at_zero": 1.0,
+              "init": "W_in ~ N(0, 1/d), W_out ~ N(0, 1/n), A ~ N(0, 1/n), "
+                      + (f"B ~ N(0, {b_init_std:g}^2)" if b_init_std else "B = 0"), "relu_slope_at_zero": 1.0,
               "optimizer": "Adam (0.9, 0.999), eps 1e-8, full batch", "loss": "mean squared error",
               "dtype": "float32"}
     out = Path(output_dir)
@@ -269,7 +290,7 @@ def run_paper_toy(*, widths=(100,), steps: int = 200, report_steps=None, seeds=(
             records = []
             for seed in seeds:
                 record, reused = _seed_record(out / "runs" / f"width{n}_seed{seed}.json", config, n, seed,
-                                              block_elements=block_elements)
+                                              b_init_std=b_init_std, block_elements=block_elements)
                 records.append(record)
                 print(f"width {n} seed {seed}: {record['seconds']:.1f} s" + (" (saved run reused)" if reused else ""),
                       flush=True)
@@ -281,6 +302,7 @@ def run_paper_toy(*, widths=(100,), steps: int = 200, report_steps=None, seeds=(
     (out / "toy_paper.json").write_text(json.dumps(result))
     for w in summaries:
         _plot_heatmaps(result, w, out / f"heatmaps_n{w['width']}.png")
+    _plot_loss_by_ratio(result, out / "loss_by_ratio.png")
     if len(summaries) > 1:
         _plot_ratio(result, out / "ratio_vs_width.png")
     print(format_table(result))
@@ -296,7 +318,7 @@ def _p2(x) -> str:
 def format_table(result: dict) -> str:
     """One line per width, split and report step: best cell, cells within 1% and their ratios, best lr_A = lr_B."""
     rows = [f"{'width':>6} {'split':>5} {'t':>4} {'best lr_A':>9} {'best lr_B':>9} {'lr_B/lr_A':>9} "
-            f"{'best loss':>9} {'1% cells':>8} {'1% lr_B/lr_A':>14} {'lr_A=lr_B loss':>14} {'x best':>6}"]
+            f"{'best loss':>9} {'1% cells':>8} {'1% lr_B/lr_A':>14} {'lr_A=lr_B loss':>14} {'x best':>6}  best on edge"]
     for w in result["widths"]:
         for split in SPLITS:
             for t in map(str, result["config"]["report_steps"]):
@@ -306,7 +328,8 @@ def format_table(result: dict) -> str:
                 rows.append(f"{w['width']:>6} {split:>5} {t:>4} {_p2(b.get('log2_lr_a')):>9} "
                             f"{_p2(b.get('log2_lr_b')):>9} {_p2(b.get('log2_ratio')):>9} "
                             f"{b.get('loss', math.inf):9.3e} {nb['cells'] if nb else 0:>8} {band:>14} "
-                            f"{eq.get('loss', math.inf):14.3e} {eq.get('times_best', math.nan):6.2f}")
+                            f"{eq.get('loss', math.inf):14.3e} {eq.get('times_best', math.nan):6.2f}  "
+                            f"{', '.join(b.get('grid_edge', [])) or '-'}")
     return "\n".join(rows)
 
 
@@ -359,6 +382,32 @@ def _plot_heatmaps(result: dict, width: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _plot_loss_by_ratio(result: dict, path: Path) -> None:
+    """For each split and report step: the best loss at each lr_B / lr_A over the grid, relative to the best
+    loss of that width, one line per width (LoRA+ predicts the minimum moves right as the width grows)."""
+    plt, cfg = _pyplot(), result["config"]
+    steps = list(map(str, cfg["report_steps"]))
+    fig, axes = plt.subplots(len(steps), 2, figsize=(11, 3.8 * len(steps)), squeeze=False)
+    for row, t in zip(axes, steps):
+        for ax, split in zip(row, SPLITS):
+            for w in result["widths"]:
+                s = w[split][t]
+                if s["best"]:
+                    by = s["best_by_ratio"]
+                    ax.plot(by["log2_ratio"], [x / s["best"]["loss"] for x in by["loss"]], ".-", ms=4,
+                            label=f"n = {w['width']}")
+            ax.axvline(0, color="orange", ls="--", lw=1)
+            ax.set_yscale("log")
+            ax.set_ylim(0.9, 10)
+            ax.set(title=f"{split} loss, t = {t}", xlabel="log2 (lr_B / lr_A)",
+                   ylabel="best loss at this ratio / best loss")
+            ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _plot_ratio(result: dict, path: Path) -> None:
     """Best lr_B / lr_A against width for each split and report step; bars span the cells within 1%."""
     plt, cfg = _pyplot(), result["config"]
@@ -383,7 +432,7 @@ def _plot_ratio(result: dict, path: Path) -> None:
 
 FLAGS = {"widths": "ints", "steps": int, "report_steps": "ints", "seeds": "ints", "rank": int, "input_dim": int,
          "n_train": int, "n_test": int, "log2_lr_a": "floats", "log2_lr_b": "floats", "log2_lr_step": float,
-         "output_dir": str, "threads": int}
+         "b_init_std": float, "output_dir": str, "threads": int}
 
 
 def parse_flags(argv: list[str], flags: dict, command: str) -> dict:

@@ -107,7 +107,7 @@ class PaperToy(torch.nn.Module):
         (n, d), r = problem.w_in.shape, problem.a0.shape[0]
         self.w_in, self.a = torch.nn.Linear(d, n, bias=False), torch.nn.Linear(n, r, bias=False)
         self.b, self.w_out = torch.nn.Linear(r, n, bias=False), torch.nn.Linear(n, 1, bias=False)
-        for layer, weight in ((self.w_in, problem.w_in), (self.a, problem.a0), (self.b, torch.zeros(n, r)),
+        for layer, weight in ((self.w_in, problem.w_in), (self.a, problem.a0), (self.b, problem.b0),
                               (self.w_out, problem.w_out[None])):
             layer.to(problem.w_in.dtype).weight.data.copy_(weight)
         self.w_in.requires_grad_(False)
@@ -118,11 +118,14 @@ class PaperToy(torch.nn.Module):
         return self.w_out(torch.where(z >= 0, z, 0.0)).squeeze(-1)
 
 
-@pytest.mark.parametrize("block_elements", [10**6, 2 * 24 * 12, 5 * 12])  # untiled; tiles of cells; of samples
-def test_paper_batched_training_matches_torch_adam_on_linear_layers(block_elements):
+@pytest.mark.parametrize("block_elements, b_init_std", [
+    (10**6, 0.0), (2 * 24 * 12, 0.0), (5 * 12, 0.0),  # untiled; tiles of cells; tiles of samples
+    (10**6, 0.1),  # B drawn at random instead of 0
+])
+def test_paper_batched_training_matches_torch_adam_on_linear_layers(block_elements, b_init_std):
     """Every cell's train and test loss at every step, and its final A and B, equal torch.optim.Adam's on
     PaperToy at that cell's (lr_A, lr_B), whichever way the cells and samples are tiled."""
-    problem = paper_problem(12, rank=2, n_train=24, n_test=7, seed=4, dtype=F64)
+    problem = paper_problem(12, rank=2, n_train=24, n_test=7, seed=4, b_init_std=b_init_std, dtype=F64)
     cells, steps = [(3e-2, 1e-1), (1e-3, 3e-2), (1e-1, 1e-3)], 12
     train, test, a_grid, b_grid = train_paper_grid(problem, [c[0] for c in cells], [c[1] for c in cells],
                                                    steps=steps, block_elements=block_elements)
@@ -170,9 +173,17 @@ def test_paper_problem_is_the_papers_setup():
     problem = paper_problem(100, seed=7)
     assert problem.w_in.shape == (100, 5) and problem.w_out.shape == (100,) and problem.a0.shape == (4, 100)
     assert problem.x_train.shape == (1000, 5) and problem.x_test.shape == (100, 5)
+    assert torch.equal(problem.b0, torch.zeros(100, 4))
     torch.testing.assert_close(problem.y_train, torch.sin(problem.x_train.mean(1)))
     torch.testing.assert_close(problem.y_test, torch.sin(problem.x_test.mean(1)))
     assert all(torch.equal(x, y) for x, y in zip(problem, paper_problem(100, seed=7)))
+
+
+def test_paper_random_b_init_leaves_every_other_draw_unchanged():
+    """--b_init_std only adds B's draw: W_in, W_out, A's init and the data are those of the default B = 0."""
+    default, drawn = paper_problem(32, seed=3), paper_problem(32, seed=3, b_init_std=0.5)
+    assert all(torch.equal(x, y) for name, x, y in zip(default._fields, default, drawn) if name != "b0")
+    assert drawn.b0.std() > 0.3
 
 
 def test_near_best_marks_exactly_the_cells_within_one_percent():
@@ -181,9 +192,26 @@ def test_near_best_marks_exactly_the_cells_within_one_percent():
     expected = torch.tensor([[False, True, False], [False, True, False], [True, True, False]])
     assert torch.equal(near_best(grid), expected)
     summary = summarise(grid, log2_a=[-2.0, -1.0, 0.0], log2_b=[-3.0, -2.0, -1.0])
-    assert summary["best"] == {"log2_lr_a": -1.0, "log2_lr_b": -2.0, "log2_ratio": -1.0, "loss": 1.0}
+    assert summary["best"] == {"log2_lr_a": -1.0, "log2_lr_b": -2.0, "log2_ratio": -1.0, "loss": 1.0, "grid_edge": []}
     assert summary["near_best"]["cells"] == 4
     assert (summary["near_best"]["log2_ratio_min"], summary["near_best"]["log2_ratio_max"]) == (-2.0, 1.0)
+
+
+def test_best_by_ratio_is_the_minimum_over_each_diagonal():
+    """best_by_ratio holds, for every lr_B / lr_A on the grid, the lowest finite loss among the cells at that ratio."""
+    grid = torch.tensor([[3.0, 2.0, math.inf], [0.5, 4.0, 1.0], [6.0, 7.0, 8.0]], dtype=F64)
+    by_ratio = summarise(grid, log2_a=[0.0, 1.0, 2.0], log2_b=[0.0, 1.0, 2.0])["best_by_ratio"]
+    # ratio log2_b - log2_a: -2 -> {inf}: none finite; -1 -> {2, 1}; 0 -> {3, 4, 8}; 1 -> {0.5, 7}; 2 -> {6}
+    assert by_ratio == {"log2_ratio": [-1.0, 0.0, 1.0, 2.0], "loss": [1.0, 3.0, 0.5, 6.0]}
+
+
+def test_best_cell_on_the_grid_border_is_flagged():
+    """A best cell at the smallest or largest lr_A or lr_B of the grid says so (the valley may go on beyond it)."""
+    grid = torch.ones(3, 4, dtype=F64)
+    grid[2, 0] = 0.5  # largest lr_B, smallest lr_A
+    assert summarise(grid, [0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 2.0])["best"]["grid_edge"] == ["lr_A min", "lr_B max"]
+    grid[2, 0], grid[1, 2] = 1.0, 0.5
+    assert summarise(grid, [0.0, 1.0, 2.0, 3.0], [0.0, 1.0, 2.0])["best"]["grid_edge"] == []
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +228,8 @@ def test_paper_outputs_and_seed_mean_best_cell(paper_run):
     """toy_paper.json, a heatmap per width and the ratio plot are written; each reported grid is the mean of the
     seeds' grids and its best cell is that grid's argmin."""
     out, _, result = paper_run
-    assert all((out / f).stat().st_size > 0 for f in ("heatmaps_n8.png", "heatmaps_n16.png", "ratio_vs_width.png"))
+    assert all((out / f).stat().st_size > 0
+               for f in ("heatmaps_n8.png", "heatmaps_n16.png", "ratio_vs_width.png", "loss_by_ratio.png"))
     cfg = result["config"]
     assert cfg["report_steps"] == [10, 12]
     for width in result["widths"]:
@@ -230,7 +259,7 @@ def test_paper_rerun_reuses_each_width_and_seed(paper_run):
     (["--widths", "2"], "--widths"), (["--steps", "0"], "--steps"), (["--report_steps", "300"], "--report_steps"),
     (["--log2_lr_a", "1,0"], "--log2_lr_a"), (["--log2_lr_b", "-3"], "--log2_lr_b"),
     (["--log2_lr_step", "0"], "--log2_lr_step"), (["--n_train", "x"], "--n_train"),
-    (["--batch_size", "8"], "--batch_size"), (["--model", "mlp"], "--model"),
+    (["--batch_size", "8"], "--batch_size"), (["--model", "mlp"], "--model"), (["--b_init_std", "-1"], "--b_init_std"),
 ])
 def test_paper_bad_flag_values_raise_one_line_naming_the_flag(argv, flag, tmp_path):
     """Each bad flag value raises LoraPlusError with one line that names the flag, before anything is written."""
