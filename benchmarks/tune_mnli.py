@@ -11,7 +11,7 @@ Arms, at the same tuning budget (optimizer steps over all tuning runs together):
   grid:     successive halving (eta 3) over every (lr_A, ratio) of --lrs x --ratios;
   ratio16:  successive halving (eta 3) over --lrs at ratio 16, the paper's default.
 The heads train at --head_lr in every run of both arms, so only the adapter's learning rates differ
-(DESIGN.md: the MNLI baseline's best LoRA learning rate, 3e-3, is the default). Each arm's pick is then
+(the MNLI baseline's best one-epoch LoRA learning rate, 3e-3, is the default). Each arm's pick is then
 trained as `loraplus train tuned_config.yaml` would, for one epoch, and its dev accuracy reported.
 The budget defaults to tune's own default for the grid arm (4 epochs' steps); ratio16 gets the same.
 

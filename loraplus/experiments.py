@@ -5,7 +5,7 @@ test split (tuning runs drop it), then every method re-runs at its chosen rate f
 same data order and budget, evaluating on the test split as it trains. Only the adapter's learning
 rates differ between arms: heads and other non-adapter parameters train at one shared rate
 (`loraplus_lr_other`, default: LoRA's base learning rate), since a LoRA+ arm whose head inherits a
-small lr_A would lose for the wrong reason (DESIGN.md). Every run has its own folder; a folder with a
+small lr_A would lose for the wrong reason. Every run has its own folder; a folder with a
 summary.json is reused, so an interrupted compare or sweep continues where it stopped.
 """
 

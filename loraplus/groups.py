@@ -1,7 +1,8 @@
 """LoRA+ parameter groups: lr_B = ratio * lr_A, with every trainable parameter given a role.
 
 Roles come from the PEFT layer object that owns a parameter, never from its name or shape
-(DESIGN.md, "What every public implementation gets wrong"):
+(sorting by name substrings or `ndim` is how other implementations put embedding factors, biases and
+DoRA magnitudes in the wrong group):
 
 | role / group       | what                                                        | lr            | decay |
 |--------------------|-------------------------------------------------------------|---------------|-------|

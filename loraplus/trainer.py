@@ -3,7 +3,8 @@
 The Trainer's own `optim` choice (class and kwargs), its schedulers (which scale each group's base
 lr, so lr_B / lr_A holds at every step), gradient accumulation, mixed precision, DDP/FSDP and
 checkpoint resume all stay the Trainer's. Only one hook is overridden; `Trainer.__init__` is never
-re-declared, so the integration survives transformers releases (DESIGN.md).
+re-declared (a subclass that forwards its arguments by position breaks with each release), so the
+integration survives transformers releases.
 
 TRL: `class LoraPlusSFTTrainer(LoraPlusMixin, trl.SFTTrainer)`, with arguments from
 `@dataclass class LoraPlusSFTConfig(trl.SFTConfig, LoraPlusArguments)` (or a plain SFTConfig,

@@ -231,8 +231,8 @@ def differs_from_peft_on_purpose(model, name: str) -> bool:
 
 
 def is_lora_embedding_factor(name: str) -> bool:
-    # PEFT before 0.21 looked the owning layer up under the parameter's own name: its embedding group stayed
-    # empty and the factors fell into A or B. Here they are at loraplus_lr_embedding, as PEFT documents.
+    # PEFT 0.18 looks the owning layer up under the parameter's own name: its embedding group stays empty
+    # and the factors fall into A or B (0.21 fixed it). Here they are at loraplus_lr_embedding, as PEFT documents.
     return ".lora_embedding_A." in name or ".lora_embedding_B." in name
 
 

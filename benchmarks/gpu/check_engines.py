@@ -136,6 +136,7 @@ def run_engine(engine: str, args) -> dict:
         result = {"engine": engine, "checks": {"run": [False, f"no probe result (exit {code}): {first_error(log)}"]}}
     # The launch as it ran, without this machine's folders (the record is committed to results/)
     shown = " ".join(cmd).replace(os.getcwd() + os.sep, "").replace(str(folder.parent), "$TMPDIR/loraplus-engines")
+    shown = shown.replace(str(ROOT.parent) + os.sep, ".." + os.sep)  # the data beside the checkout
     result.update(engine=engine, seconds=seconds, exit=code, command=shown)
     result["passed"] = bool(result["checks"]) and all(ok for ok, _ in result["checks"].values())
     return result

@@ -26,7 +26,7 @@ BUDGET_S=${BUDGET_S:-480}
 ENGINE_BUDGET_S=${ENGINE_BUDGET_S:-300}
 ENGINES=${ENGINES:-fsdp1,fsdp2,zero2,zero3}
 LRS=${LRS:-2e-4,6e-4,2e-3,6e-3,2e-2}   # factor ~3 over 100x, meant to bracket both arms' best lr_A
-HEAD_LR=${HEAD_LR:-3e-3}               # classifier head, both arms (LoRA's best one-epoch lr on CPU, DESIGN.md)
+HEAD_LR=${HEAD_LR:-3e-3}               # classifier head, both arms (LoRA's best one-epoch lr on CPU, results/speed)
 SEEDS=${SEEDS:-1,2,3}
 EPOCHS=${EPOCHS:-3}
 # For a rehearsal on a CPU: PYTHON=.venv/bin/python DEVICE=cpu COMPARE_EXTRA="--max_train_samples 64 --max_steps 4"
