@@ -22,9 +22,11 @@ from typing import Any, NoReturn
 import yaml
 
 from loraplus.errors import LoraPlusError
+from loraplus.rivals import LORA_OPTIMIZERS
 
 TASKS = ("classification", "causal_lm", "sft", "label_words")
 BF16_CHOICES = ("auto", "true", "false")
+LORA_INITS = ("A", "B")  # which factor starts random (models.init_factors)
 GROUPS = ("model & data", "LoRA", "LoRA+", "training")
 _TRUE, _FALSE, _NONE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}, {"none", "null"}
 _BAD = (ValueError, TypeError, yaml.YAMLError)  # what a value that does not fit its type raises
@@ -75,10 +77,14 @@ class TrainConfig:
     use_dora: bool = _f(False, "DoRA: learn a magnitude vector besides A and B", _L)
     use_rslora: bool = _f(False, "rsLoRA: scale by alpha / sqrt(r) instead of alpha / r", _L)
     modules_to_save: list[str] | None = _f(None, "non-LoRA modules trained in full, e.g. classifier", _L)
+    lora_init: str = _f("A", "which factor starts random: A (PEFT's default, B = 0; the paper's Init[1]) or B "
+                        "(A = 0, B Kaiming-uniform; Init[2], the LoRA+ authors' default)", _L)
 
     loraplus_lr_ratio: float = _f(16.0, "lambda = lr_B / lr_A (paper: about 2^4); 1 means plain LoRA", _P)
     loraplus_lr_embedding: float | None = _f(None, "lr of LoRA embedding A (none = learning_rate)", _P)
     loraplus_lr_other: float | None = _f(None, "lr of heads, other non-adapter params (none = learning_rate)", _P)
+    lora_optimizer: str = _f("loraplus", "how the adapter is optimised: loraplus (lr_B = ratio x lr_A), riemannian "
+                             "(PEFT's preconditioning of A and B) or lorafa (PEFT's LoRA-FA: A frozen)", _P)
 
     output_dir: str = _f("loraplus-output", "where checkpoints, adapter, metrics and config go", _T)
     learning_rate: float = _f(2e-4, "lr_A, the learning rate of A; lr_B = loraplus_lr_ratio * lr_A", _T)
@@ -137,6 +143,9 @@ class TrainConfig:
             (self.loraplus_lr_other is None or _positive(self.loraplus_lr_other),
              f"loraplus_lr_other must be a number > 0, got {self.loraplus_lr_other}; or none for learning_rate"),
             (self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}; try 8"),
+            (self.lora_init in LORA_INITS, f"lora_init must be A or B, got {self.lora_init!r}"),
+            (self.lora_optimizer in LORA_OPTIMIZERS,
+             f"lora_optimizer must be one of {', '.join(LORA_OPTIMIZERS)}, got {self.lora_optimizer!r}"),
             (_positive(self.lora_alpha), f"lora_alpha must be a number > 0, got {self.lora_alpha}; try 2 * lora_r"),
             (0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}; try 0.05"),
             (tm != [] and ((isinstance(tm, list) and "all-linear" not in tm) or tm in (None, "all-linear")),

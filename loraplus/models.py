@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -312,12 +313,13 @@ def _check_targets(model, target_modules: list[str]) -> None:
 
 def attach_lora(model, *, task: str, r: int = 8, alpha: float = 16, dropout: float = 0.05,
                 target_modules: list[str] | str | None = None, use_dora: bool = False,
-                use_rslora: bool = False, modules_to_save: list[str] | None = None):
+                use_rslora: bool = False, modules_to_save: list[str] | None = None, init: str = "A"):
     """Wrap `model` in a PeftModel with LoRA (W0 + (alpha/r)·B·A, B = 0 at start) on target_modules.
 
     target_modules: None -> default_target_modules(model); "all-linear"; a list of names or one
     comma-separated string, each matching a module named exactly so or ending in "." + name.
     For classification the task type is SEQ_CLS, so PEFT also trains the new head.
+    init: "A" keeps PEFT's initialisation, "B" swaps the factors' roles (`init_factors`).
     """
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -342,7 +344,36 @@ def attach_lora(model, *, task: str, r: int = 8, alpha: float = 16, dropout: flo
         use_dora=use_dora, use_rslora=use_rslora, modules_to_save=modules_to_save, fan_in_fan_out=fan_in_fan_out,
     )
     try:
-        return get_peft_model(model, config)
+        peft_model = get_peft_model(model, config)
     except ValueError as e:  # e.g. DoRA on a layer type it does not support
         raise LoraPlusError(f"PEFT refused the LoRA config ({str(e).splitlines()[0]}); "
                             f"change --lora_target_modules or the LoRA variant") from e
+    if init == "B":
+        init_factors(peft_model)
+    return peft_model
+
+
+def init_factors(model) -> int:
+    """The paper's Init[2]: A = 0 and B Kaiming-uniform, in every LoRA layer; returns how many layers changed.
+
+    PEFT's default is Init[1]: A Kaiming-uniform (`kaiming_uniform_(a=sqrt(5))`, as nn.Linear), B = 0. The LoRA+
+    authors' experiments ran on a PEFT fork whose default swaps the two (LoRA+ section 5.3: the recommended
+    ratio 2^4 belongs to Init[2]; with Init[1] the best ratio is smaller). B then gets the initialiser PEFT
+    gives A. Either way B A = 0, so the model starts as the base model. Embedding LoRA already starts with
+    A = 0 and B ~ N(0, 1) in PEFT, which is Init[2]; it is left so. DoRA's magnitude is computed from the
+    weight with B A = 0 and stays valid.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    changed = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            for adapter in module.lora_A.keys():
+                a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+                a.zero_()
+                torch.nn.init.kaiming_uniform_(b, a=math.sqrt(5))
+                changed += 1
+    return changed

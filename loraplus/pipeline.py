@@ -121,7 +121,7 @@ def build_model(cfg: TrainConfig, model_path: str, prepared: PreparedData, token
                        pad_token_id=tokenizer.pad_token_id, allow_pickle=cfg.allow_pickle)
     model = attach_lora(model, task=cfg.task, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                         target_modules=cfg.lora_target_modules, use_dora=cfg.use_dora,
-                        use_rslora=cfg.use_rslora, modules_to_save=cfg.modules_to_save)
+                        use_rslora=cfg.use_rslora, modules_to_save=cfg.modules_to_save, init=cfg.lora_init)
     if cfg.fast_cpu_dropout:  # same dropout, cheaper masks on CPUs; GPUs keep torch's own (fast_dropout.py)
         from .fast_dropout import use_cpu_dropout
 
@@ -267,7 +267,7 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
     kwargs.pop("resume_from_checkpoint", None)
     args = LoraPlusTrainingArguments(**kwargs, loraplus_lr_ratio=cfg.loraplus_lr_ratio,
                                      loraplus_lr_embedding=cfg.loraplus_lr_embedding,
-                                     loraplus_lr_other=cfg.loraplus_lr_other)
+                                     loraplus_lr_other=cfg.loraplus_lr_other, loraplus_optimizer=cfg.lora_optimizer)
 
     # All checks passed: from here on the output folder is ours to write. Under torchrun / accelerate
     # launch every rank runs this function: the writer (reliability.is_writer, rank 0) alone prepares

@@ -42,6 +42,10 @@ class LoraPlusArguments:
     loraplus_weight_decay: float | None = field(
         default=None, metadata={"help": "weight decay of the LoRA factors (default: weight_decay)."}
     )
+    loraplus_optimizer: str = field(
+        default="loraplus", metadata={"help": "how the adapter is optimised: loraplus (lr_B = ratio * lr_A), "
+                                              "riemannian or lorafa (PEFT's rivals, over the same groups; rivals.py)."}
+    )
 
 
 @dataclass
@@ -86,6 +90,20 @@ class LoraPlusMixin:
         def setting(name):
             return getattr(args, name, getattr(_DEFAULTS, name))
 
+        kind = setting("loraplus_optimizer")
+        if kind == "lorafa":
+            from .rivals import lorafa_optimizer
+
+            self.optimizer = lorafa_optimizer(opt_model, lr=args.learning_rate, lr_other=setting("loraplus_lr_other"),
+                                              weight_decay=args.weight_decay, scaling=_lora_scaling(opt_model),
+                                              betas=kwargs.get("betas", (0.9, 0.999)), eps=kwargs.get("eps", 1e-6))
+            return self.optimizer
+        if kind == "riemannian":
+            from .rivals import riemannian_optimizer_class
+
+            optimizer_cls = riemannian_optimizer_class(opt_model, optimizer_cls)
+        elif kind != "loraplus":
+            raise LoraPlusError(f"unknown loraplus_optimizer '{kind}'; use loraplus, riemannian or lorafa")
         groups = param_groups(
             opt_model,
             lr=args.learning_rate,
@@ -98,6 +116,16 @@ class LoraPlusMixin:
         )
         self.optimizer = build_optimizer(opt_model, optimizer_cls, groups, **kwargs)
         return self.optimizer
+
+
+def _lora_scaling(model) -> float:
+    """The LoRA layers' alpha / r (or alpha / sqrt(r)): LoRA-FA divides B's projected gradient by its square."""
+    from peft.tuners.lora import LoraLayer
+
+    values = {v for m in model.modules() if isinstance(m, LoraLayer) for v in m.scaling.values()}
+    if len(values) != 1:
+        raise LoraPlusError(f"lora_optimizer lorafa needs one LoRA scaling for every layer, found {sorted(values)}")
+    return values.pop()
 
 
 class LoraPlusTrainer(LoraPlusMixin, Trainer):
