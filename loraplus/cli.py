@@ -17,8 +17,9 @@ commands:
   eval RUN_DIR [--key value ...]          score a trained adapter (default: the run's test split)
   merge RUN_DIR OUT_DIR                   write base + adapter merged into one model folder
   demo [--output_dir D] [--max_steps N]   offline: LoRA vs LoRA+ on MiniLM + Rotten Tomatoes
-  compare CONFIG [--methods lora,loraplus] [--seeds 1,2] [--lrs ...] [--ratios 16] [--key value ...]
-                                          each method at its own tuned lr, then per seed: report, curves
+  compare CONFIG [--methods lora,loraplus,...] [--seeds 1,2] [--lrs ...] [--lrs_METHOD ...] [--ratios 16]
+                                          each method at its own tuned lr, then per seed: report, curves;
+                                          methods: lora loraplus loraplus_init2 riemannian lorafa rslora dora
   sweep CONFIG --lr 1e-4,3e-4 [--ratio 1,4,16] [--key value ...]
                                           one run per (lr_A, ratio): heatmap over (lr_A, lr_B)
   tune [CONFIG.yaml] [--lrs ...] [--ratios 1,2,4,8,16,32] [--budget STEPS] [--eta 3] [--output_dir D] [--key value ...]

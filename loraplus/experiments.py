@@ -21,7 +21,28 @@ from .errors import LoraPlusError
 from .reliability import is_writer, write_json
 from .runs import greater_is_better, run_cell
 
-METHODS = {"lora": 1.0, "loraplus": None}  # None: the ratio from --ratios
+# What each arm sets of the adapter's optimisation; everything else is the base config, the same in every arm.
+# A ratio of None makes one arm per --ratios value. Every arm states every key, so an arm means the same
+# whatever the base config says (a base with --use_dora does not turn the lora arm into DoRA).
+ADAPTER_DEFAULTS = {"lora_init": "A", "lora_optimizer": "loraplus", "use_rslora": False, "use_dora": False}
+ARMS = {
+    "lora": {"loraplus_lr_ratio": 1.0},
+    "loraplus": {"loraplus_lr_ratio": None},
+    "loraplus_init2": {"loraplus_lr_ratio": None, "lora_init": "B"},  # the paper's Init[2]: A = 0, B random
+    "riemannian": {"loraplus_lr_ratio": 1.0, "lora_optimizer": "riemannian"},
+    "lorafa": {"loraplus_lr_ratio": 1.0, "lora_optimizer": "lorafa"},
+    "rslora": {"loraplus_lr_ratio": 1.0, "use_rslora": True},
+    "dora": {"loraplus_lr_ratio": 1.0, "use_dora": True},
+}
+METHODS = ARMS  # the names `--methods` takes
+
+
+def arm_settings(method: str, ratios: list[float]) -> dict[str, dict]:
+    """{arm name: the config keys it sets}: one arm, or one per ratio for a ratio-grid method."""
+    spec = {**ADAPTER_DEFAULTS, **ARMS[method]}
+    if spec["loraplus_lr_ratio"] is not None:
+        return {method: spec}
+    return {f"{method}_r{ratio:g}": {**spec, "loraplus_lr_ratio": ratio} for ratio in ratios}
 
 
 def _metric_value(summary: dict, split: str) -> float | None:
@@ -37,23 +58,28 @@ def _curve(run_dir: str, metric: str) -> list[tuple[int, float]]:
 
 
 def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: list[float], ratios: list[float],
-            output_dir: str) -> dict:
-    """Tune each method's lr on validation, re-run it per seed, and write report.md, curves.png, results.json."""
-    unknown = [m for m in methods if m not in METHODS]
+            output_dir: str, arm_lrs: dict[str, list[float]] | None = None,
+            arm_ratios: dict[str, list[float]] | None = None) -> dict:
+    """Tune each arm's lr on validation, re-run it per seed, and write report.md, curves.png, results.json.
+
+    arm_lrs / arm_ratios: a method's own lr grid / ratios (by method name), instead of `lrs` / `ratios`.
+    """
+    unknown = [m for m in [*methods, *(arm_lrs or {}), *(arm_ratios or {})] if m not in ARMS]
     if unknown:
-        raise LoraPlusError(f"unknown method '{unknown[0]}'; use {', '.join(METHODS)}")
+        raise LoraPlusError(f"unknown method '{unknown[0]}'; use {', '.join(ARMS)}")
     out = Path(output_dir)
     lr_other = base.loraplus_lr_other or base.learning_rate  # one head lr for every arm
-    arms = {}
+    arms, grids = {}, {}
     for method in methods:
-        for ratio in ([METHODS[method]] if METHODS[method] else ratios):
-            arms[f"{method}" if METHODS[method] else f"{method}_r{ratio:g}"] = ratio
+        for name, settings in arm_settings(method, (arm_ratios or {}).get(method, ratios)).items():
+            arms[name], grids[name] = settings, (arm_lrs or {}).get(method, lrs)
     results = {"protocol": {"lrs": lrs, "seeds": seeds, "lr_other": lr_other, "tuning_seed": seeds[0]}, "arms": {}}
-    for arm, ratio in arms.items():
+    for arm, settings in arms.items():
+        ratio = settings["loraplus_lr_ratio"]
         tuning, metrics = {}, set()
-        for lr in lrs:
+        for lr in grids[arm]:
             # test_file=None: a tuning run has no business opening the test data at all
-            cfg = dataclasses.replace(base, learning_rate=lr, loraplus_lr_ratio=ratio, loraplus_lr_other=lr_other,
+            cfg = dataclasses.replace(base, **settings, learning_rate=lr, loraplus_lr_other=lr_other,
                                       seed=seeds[0], test_file=None, output_dir=str(out / "tune" / f"{arm}_lr{lr:g}"))
             summary = run_cell(cfg, role="tune")
             tuning[lr] = summary["best_metric"] if summary["best_metric"] is not None else float("nan")
@@ -63,12 +89,14 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
         chosen = _best(tuning, greater)
         finals = {}
         for seed in seeds:
-            cfg = dataclasses.replace(base, learning_rate=chosen, loraplus_lr_ratio=ratio, loraplus_lr_other=lr_other,
+            cfg = dataclasses.replace(base, **settings, learning_rate=chosen, loraplus_lr_other=lr_other,
                                       seed=seed, output_dir=str(out / "final" / f"{arm}_seed{seed}"))
             finals[seed] = (run_cell(cfg, role="final"), cfg.output_dir)
         metric = next((s["metric"] for s, _ in finals.values() if s["metric"]), None)
         results["arms"][arm] = {
-            "ratio": ratio, "chosen_lr": chosen, "validation_by_lr": {f"{k:g}": v for k, v in tuning.items()},
+            "ratio": ratio, "lrs": grids[arm], "init": settings["lora_init"], "optimizer": settings["lora_optimizer"],
+            "variant": "dora" if settings["use_dora"] else "rslora" if settings["use_rslora"] else "lora",
+            "chosen_lr": chosen, "validation_by_lr": {f"{k:g}": v for k, v in tuning.items()},
             "metric": metric,
             "final": [_metric_value(s, "test") for s, _ in finals.values()],
             "curves": {str(seed): _curve(d, metric) for seed, (s, d) in finals.items() if not s.get("diverged")},
@@ -124,18 +152,23 @@ def _mean_std(values: list) -> str:
 def report(results: dict) -> str:
     """The Markdown report of a compare."""
     p = results["protocol"]
-    lines = ["# LoRA vs LoRA+", "",
-             f"Learning rates tried per arm: {', '.join(f'{v:g}' for v in p['lrs'])}, chosen on validation "
+    lines = ["# LoRA vs LoRA+ and rivals", "",
+             "Each arm's lr_A is chosen from its own grid (below) on validation "
              f"(seed {p['tuning_seed']}, test split dropped); heads and other parameters at lr {p['lr_other']:g} "
-             f"in every arm; seeds {', '.join(map(str, p['seeds']))}.", "",
-             "| arm | ratio | chosen lr_A | final test (mean ± std) | best test over steps (mean ± std) | "
-             "steps to tuned LoRA's final | speed-up |", "|---|---|---|---|---|---|---|"]
+             f"in every arm; seeds {', '.join(map(str, p['seeds']))}. Init A: PEFT's (A random, B = 0; the "
+             "paper's Init[1]); init B: A = 0, B random (Init[2]).", "",
+             "| arm | ratio | init | optimizer | chosen lr_A | final test (mean ± std) | "
+             "best test over steps (mean ± std) | steps to tuned LoRA's final | speed-up |",
+             "|---|---|---|---|---|---|---|---|---|"]
     pick = max if p.get("greater_is_better", True) else min
     for name, arm in results["arms"].items():
         best = [pick(v for _, v in c) for c in arm["curves"].values() if c]
         speedup = f"{arm['speedup_vs_lora']:.2f}x" if arm.get("speedup_vs_lora") else "n/a"
-        lines.append(f"| {name} | {arm['ratio']:g} | {arm['chosen_lr']:g} | {_mean_std(arm['final'])} | "
-                     f"{_mean_std(best)} | {arm.get('steps_to_lora_final') or 'not reached'} | {speedup} |")
+        optimizer = arm.get("optimizer", "loraplus") + ("" if arm.get("variant", "lora") == "lora" else
+                                                         f", {arm['variant']}")
+        reached = arm.get("steps_to_lora_final") or "not reached"
+        lines.append(f"| {name} | {arm['ratio']:g} | {arm.get('init', 'A')} | {optimizer} | {arm['chosen_lr']:g} | "
+                     f"{_mean_std(arm['final'])} | {_mean_std(best)} | {reached} | {speedup} |")
     lines += ["", "Validation metric by learning rate (tuning runs):", ""]
     for name, arm in results["arms"].items():
         scores = ", ".join(f"{lr}: {v:.4f}" for lr, v in arm["validation_by_lr"].items())
@@ -151,7 +184,6 @@ def findings(results: dict) -> list[str]:
     is no noise estimate, and the report says so rather than ranking the arms.
     """
     p, arms = results["protocol"], results["arms"]
-    grid = sorted(p["lrs"])
     better = "higher" if p.get("greater_is_better", True) else "lower"
     out = []
     lora = arms.get("lora")
@@ -173,6 +205,7 @@ def findings(results: dict) -> list[str]:
                  else "never reaches tuned LoRA's final")
         out.append(f"- {name} − lora, final test ({better} is better): {diff:+.4f}; {verdict}; {reach}.")
     for name, arm in arms.items():
+        grid = sorted(arm.get("lrs", p["lrs"]))
         if len(grid) > 1 and arm["chosen_lr"] in (grid[0], grid[-1]):
             edge = "smallest" if arm["chosen_lr"] == grid[0] else "largest"
             out.append(f"- {name}: the chosen lr {arm['chosen_lr']:g} is the {edge} tried, so its best may lie "
@@ -271,7 +304,10 @@ def _plot_heatmap(cells: list[dict], best: dict | None, path: Path) -> None:
 
 def main_compare(argv: list[str]) -> int:
     """loraplus compare CONFIG [--methods lora,loraplus] [--seeds 1,2] [--lrs ...] [--ratios 16] [--key value]."""
-    mine, rest = split_flags(argv, ("--methods", "--seeds", "--lrs", "--ratios", "--output_dir"))
+    own_grids = tuple(f"--lrs_{method}" for method in ARMS)
+    own_ratios = tuple(f"--ratios_{method}" for method in ARMS if ARMS[method]["loraplus_lr_ratio"] is None)
+    mine, rest = split_flags(argv, ("--methods", "--seeds", "--lrs", "--ratios", "--output_dir", *own_grids,
+                                    *own_ratios))
     base = parse_train_args(rest)
     lrs = lr_grid(mine.get("--lrs"), base.learning_rate)
     try:
@@ -283,7 +319,10 @@ def main_compare(argv: list[str]) -> int:
     ratios = parse_floats("--ratios", mine.get("--ratios", f"{base.loraplus_lr_ratio:g}"))
     methods = [m.strip() for m in mine.get("--methods", "lora,loraplus").split(",") if m.strip()]
     output_dir = mine.get("--output_dir", base.output_dir)
-    results = compare(base, methods=methods, seeds=seeds, lrs=lrs, ratios=ratios, output_dir=output_dir)
+    arm_lrs = {flag[len("--lrs_"):]: parse_floats(flag, mine[flag]) for flag in own_grids if flag in mine}
+    arm_ratios = {flag[len("--ratios_"):]: parse_floats(flag, mine[flag]) for flag in own_ratios if flag in mine}
+    results = compare(base, methods=methods, seeds=seeds, lrs=lrs, ratios=ratios, output_dir=output_dir,
+                      arm_lrs=arm_lrs, arm_ratios=arm_ratios)
     print(report(results))
     print(f"report.md, curves.png and results.json in {output_dir}")
     return 0

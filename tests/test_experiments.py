@@ -171,3 +171,59 @@ def test_findings_flag_a_chosen_lr_at_the_grid_edge():
     lines = findings(_results([0.5, 0.5], [0.5, 0.5], chosen=(3e-3, 1e-3)))
     assert any("lora: the chosen lr 0.003 is the largest" in line for line in lines)
     assert not any(line.startswith("- loraplus_r16: the chosen") for line in lines)
+
+
+def _has_riemannian() -> bool:
+    try:
+        from peft.optimizers import create_riemannian_optimizer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def all_arms(tmp_path_factory, bert_dir, sentiment):
+    """compare with every arm, each with a one-value grid of its own (lora's differs), one seed."""
+    from loraplus.experiments import ARMS
+
+    methods = [m for m in ARMS if m != "riemannian" or _has_riemannian()]
+    out = tmp_path_factory.mktemp("arms")
+    argv = ["compare", "--model_name_or_path", bert_dir, "--train_file", sentiment["train"],
+            "--test_file", sentiment["test"], "--output_dir", str(out), "--lrs", "1e-3", "--lrs_lora", "2e-3",
+            "--seeds", "1", "--ratios", "8", "--ratios_loraplus_init2", "16", "--methods", ",".join(methods),
+            "--loraplus_lr_other", "5e-4", *BUDGET]
+    assert main(argv) == 0
+    return out, methods
+
+
+def test_every_arm_runs_with_its_own_grid_and_is_recorded(all_arms):
+    """Each arm tunes on its own grid and the report and results.json say its init, optimizer and variant."""
+    out, methods = all_arms
+    arms = json.loads((out / "results.json").read_text())["arms"]
+    expected = {"loraplus": "loraplus_r8", "loraplus_init2": "loraplus_init2_r16"}
+    expected = {expected.get(m, m) for m in methods}
+    assert set(arms) == expected
+    assert arms["lora"]["lrs"] == [2e-3] and arms["loraplus_r8"]["lrs"] == [1e-3]
+    assert (arms["loraplus_init2_r16"]["init"], arms["loraplus_r8"]["init"]) == ("B", "A")
+    assert arms["lorafa"]["optimizer"] == "lorafa" and arms["dora"]["variant"] == "dora"
+    assert arms["rslora"]["variant"] == "rslora" and arms["lora"]["ratio"] == 1
+    report = (out / "report.md").read_text()
+    assert all(f"| {name} |" in report for name in expected)
+
+
+def test_arms_differ_only_in_the_adapters_optimisation(all_arms):
+    """The final runs' configs differ only in lr_A, the ratio, the init, the optimizer, the LoRA variant."""
+    import yaml
+
+    out, _ = all_arms
+    configs = {p.parent.name: yaml.safe_load(p.read_text()) for p in (out / "final").glob("*/config.yaml")}
+    adapter_keys = {"learning_rate", "loraplus_lr_ratio", "lora_init", "lora_optimizer", "use_rslora", "use_dora",
+                    "output_dir"}
+    reference = configs["lora_seed1"]
+    assert len(configs) >= 6
+    for name, config in configs.items():
+        differ = {k for k in config.keys() | reference.keys() if config.get(k) != reference.get(k)}
+        assert differ <= adapter_keys, (name, differ - adapter_keys)
+        assert config["loraplus_lr_other"] == 5e-4  # the head trains at one lr in every arm
+    assert configs["loraplus_init2_r16_seed1"]["lora_init"] == "B"
+    assert configs["lorafa_seed1"]["lora_optimizer"] == "lorafa"
