@@ -59,10 +59,12 @@ def _curve(run_dir: str, metric: str) -> list[tuple[int, float]]:
 
 def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: list[float], ratios: list[float],
             output_dir: str, arm_lrs: dict[str, list[float]] | None = None,
-            arm_ratios: dict[str, list[float]] | None = None) -> dict:
+            arm_ratios: dict[str, list[float]] | None = None, tune_max_steps: int | None = None) -> dict:
     """Tune each arm's lr on validation, re-run it per seed, and write report.md, curves.png, results.json.
 
     arm_lrs / arm_ratios: a method's own lr grid / ratios (by method name), instead of `lrs` / `ratios`.
+    tune_max_steps: the tuning runs' budget (a whole schedule of that many steps), when the final runs' is
+    too dear to tune at; None tunes at the final budget.
     """
     unknown = [m for m in [*methods, *(arm_lrs or {}), *(arm_ratios or {})] if m not in ARMS]
     if unknown:
@@ -73,7 +75,8 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
     for method in methods:
         for name, settings in arm_settings(method, (arm_ratios or {}).get(method, ratios)).items():
             arms[name], grids[name] = settings, (arm_lrs or {}).get(method, lrs)
-    results = {"protocol": {"lrs": lrs, "seeds": seeds, "lr_other": lr_other, "tuning_seed": seeds[0]}, "arms": {}}
+    results = {"protocol": {"lrs": lrs, "seeds": seeds, "lr_other": lr_other, "tuning_seed": seeds[0],
+                            "tune_max_steps": tune_max_steps}, "arms": {}}
     for arm, settings in arms.items():
         ratio = settings["loraplus_lr_ratio"]
         tuning, metrics = {}, set()
@@ -81,6 +84,8 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
             # test_file=None: a tuning run has no business opening the test data at all
             cfg = dataclasses.replace(base, **settings, learning_rate=lr, loraplus_lr_other=lr_other,
                                       seed=seeds[0], test_file=None, output_dir=str(out / "tune" / f"{arm}_lr{lr:g}"))
+            if tune_max_steps:
+                cfg = dataclasses.replace(cfg, max_steps=tune_max_steps)
             summary = run_cell(cfg, role="tune")
             tuning[lr] = summary["best_metric"] if summary["best_metric"] is not None else float("nan")
             metrics.add(summary["metric"])
@@ -155,7 +160,9 @@ def report(results: dict) -> str:
     lines = ["# LoRA vs LoRA+ and rivals", "",
              "Each arm's lr_A is chosen from its own grid (below) on validation "
              f"(seed {p['tuning_seed']}, test split dropped); heads and other parameters at lr {p['lr_other']:g} "
-             f"in every arm; seeds {', '.join(map(str, p['seeds']))}. Init A: PEFT's (A random, B = 0; the "
+             f"in every arm; seeds {', '.join(map(str, p['seeds']))}"
+             + (f"; tuning runs trained {p['tune_max_steps']} steps" if p.get("tune_max_steps") else "")
+             + ". Init A: PEFT's (A random, B = 0; the "
              "paper's Init[1]); init B: A = 0, B random (Init[2]).", "",
              "| arm | ratio | init | optimizer | chosen lr_A | final test (mean ± std) | "
              "best test over steps (mean ± std) | steps to tuned LoRA's final | speed-up |",
@@ -306,8 +313,8 @@ def main_compare(argv: list[str]) -> int:
     """loraplus compare CONFIG [--methods lora,loraplus] [--seeds 1,2] [--lrs ...] [--ratios 16] [--key value]."""
     own_grids = tuple(f"--lrs_{method}" for method in ARMS)
     own_ratios = tuple(f"--ratios_{method}" for method in ARMS if ARMS[method]["loraplus_lr_ratio"] is None)
-    mine, rest = split_flags(argv, ("--methods", "--seeds", "--lrs", "--ratios", "--output_dir", *own_grids,
-                                    *own_ratios))
+    mine, rest = split_flags(argv, ("--methods", "--seeds", "--lrs", "--ratios", "--output_dir", "--tune_max_steps",
+                                    *own_grids, *own_ratios))
     base = parse_train_args(rest)
     lrs = lr_grid(mine.get("--lrs"), base.learning_rate)
     try:
@@ -321,8 +328,11 @@ def main_compare(argv: list[str]) -> int:
     output_dir = mine.get("--output_dir", base.output_dir)
     arm_lrs = {flag[len("--lrs_"):]: parse_floats(flag, mine[flag]) for flag in own_grids if flag in mine}
     arm_ratios = {flag[len("--ratios_"):]: parse_floats(flag, mine[flag]) for flag in own_ratios if flag in mine}
+    tune_steps = mine.get("--tune_max_steps")
+    if tune_steps is not None and not (tune_steps.isdigit() and int(tune_steps) > 0):
+        raise LoraPlusError(f"--tune_max_steps takes a number of optimizer steps > 0, got {tune_steps!r}")
     results = compare(base, methods=methods, seeds=seeds, lrs=lrs, ratios=ratios, output_dir=output_dir,
-                      arm_lrs=arm_lrs, arm_ratios=arm_ratios)
+                      arm_lrs=arm_lrs, arm_ratios=arm_ratios, tune_max_steps=int(tune_steps) if tune_steps else None)
     print(report(results))
     print(f"report.md, curves.png and results.json in {output_dir}")
     return 0

@@ -191,6 +191,7 @@ def all_arms(tmp_path_factory, bert_dir, sentiment):
     argv = ["compare", "--model_name_or_path", bert_dir, "--train_file", sentiment["train"],
             "--test_file", sentiment["test"], "--output_dir", str(out), "--lrs", "1e-3", "--lrs_lora", "2e-3",
             "--seeds", "1", "--ratios", "8", "--ratios_loraplus_init2", "16", "--methods", ",".join(methods),
+            "--tune_max_steps", "2",
             "--loraplus_lr_other", "5e-4", *BUDGET]
     assert main(argv) == 0
     return out, methods
@@ -227,3 +228,11 @@ def test_arms_differ_only_in_the_adapters_optimisation(all_arms):
         assert config["loraplus_lr_other"] == 5e-4  # the head trains at one lr in every arm
     assert configs["loraplus_init2_r16_seed1"]["lora_init"] == "B"
     assert configs["lorafa_seed1"]["lora_optimizer"] == "lorafa"
+
+
+def test_tuning_runs_train_their_own_budget(all_arms):
+    """--tune_max_steps: the tuning runs train that many steps, the final runs the config's max_steps."""
+    out, _ = all_arms
+    tuned = [json.loads(p.read_text())["global_step"] for p in (out / "tune").glob("*/summary.json")]
+    finals = [json.loads(p.read_text())["global_step"] for p in (out / "final").glob("*/summary.json")]
+    assert tuned and set(tuned) == {2} and finals and set(finals) == {4}
