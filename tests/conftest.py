@@ -38,6 +38,18 @@ def tiny_llama():
     return LlamaForCausalLM(cfg)
 
 
+def train_lm_losses(model, optimizer, batches) -> list[float]:
+    """Train a causal LM one step per batch of token ids (labels = inputs); the per-step losses."""
+    losses = []
+    for ids in batches:
+        loss = model(input_ids=ids, labels=ids).loss
+        losses.append(loss.item())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return losses
+
+
 def peft(model, **lora):
     from peft import LoraConfig, get_peft_model
 

@@ -4,7 +4,7 @@ import collections
 
 import pytest
 import torch
-from conftest import peft, tiny_bert, tiny_llama
+from conftest import peft, tiny_bert, tiny_llama, train_lm_losses
 from torch import nn
 
 from loraplus import LoraPlusError, create_loraplus_optimizer, describe
@@ -258,13 +258,5 @@ def test_same_lrs_and_weight_decays_as_peft(model_name, call):
 
 
 def train_losses(model, optimizer, steps=5) -> list[float]:
-    torch.manual_seed(3)
-    losses = []
-    for _ in range(steps):
-        ids = torch.randint(0, 64, (4, 8))
-        loss = model(input_ids=ids, labels=ids).loss
-        losses.append(loss.item())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return losses
+    g = torch.Generator().manual_seed(3)
+    return train_lm_losses(model, optimizer, [torch.randint(0, 64, (4, 8), generator=g) for _ in range(steps)])

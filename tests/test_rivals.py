@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import peft, tiny_bert, tiny_gpt2, tiny_llama
+from conftest import peft, tiny_bert, tiny_gpt2, tiny_llama, train_lm_losses
 from peft.tuners.lora import LoraLayer
 
 from loraplus import LoraPlusError, LoraPlusTrainer, LoraPlusTrainingArguments
@@ -69,17 +69,6 @@ def lm_batches(steps=4):
     return [torch.randint(1, 64, (4, 8), generator=g) for _ in range(steps)]
 
 
-def train(model, optimizer, batches):
-    losses = []
-    for x in batches:
-        loss = model(input_ids=x, labels=x).loss
-        losses.append(loss.item())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return losses
-
-
 def trainer_optimizer(model, tmp_path, kind, **args):
     settings = dict(output_dir=str(tmp_path), learning_rate=1e-2, loraplus_lr_ratio=1.0, report_to=[],
                     use_cpu=True, optim="adamw_torch", weight_decay=0.0, loraplus_optimizer=kind)
@@ -99,7 +88,8 @@ def test_riemannian_arm_steps_like_peft(tmp_path):
     ours = trainer_optimizer(ours_model, tmp_path, "riemannian")
     theirs = create_riemannian_optimizer(peft_model, torch.optim.AdamW, lr=1e-2, weight_decay=0.0)
     batches = lm_batches()
-    assert train(ours_model, ours, batches) == pytest.approx(train(peft_model, theirs, batches), rel=1e-6)
+    expected = train_lm_losses(peft_model, theirs, batches)
+    assert train_lm_losses(ours_model, ours, batches) == pytest.approx(expected, rel=1e-6)
     for (n, p), q in zip(ours_model.named_parameters(), peft_model.parameters()):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-7), n
 
@@ -132,7 +122,8 @@ def test_lorafa_arm_steps_like_peft_and_never_moves_a(tmp_path):
     theirs = create_lorafa_optimizer(peft_model, r=4, lora_alpha=8, lr=1e-2, weight_decay=0.0)
     theirs.param_groups[0]["eps"] = 1e-8  # the arm takes the Trainer's adam_epsilon, as every other arm does
     batches = lm_batches()
-    assert train(ours_model, ours, batches) == pytest.approx(train(peft_model, theirs, batches), rel=1e-6)
+    expected = train_lm_losses(peft_model, theirs, batches)
+    assert train_lm_losses(ours_model, ours, batches) == pytest.approx(expected, rel=1e-6)
     named = dict(ours_model.named_parameters())
     assert all(torch.equal(named[n], a) for n, a in a_before.items())
     assert any(not torch.equal(p, q) for n, p in named.items() if ".lora_B." in n
