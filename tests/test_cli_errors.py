@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import write_csv
+
 from loraplus.cli import main
 
 
@@ -153,3 +155,88 @@ def test_bf16_without_gpu_is_refused_before_loading(env, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--use_cpu true" in err[0]
     assert not (root / "never-written").exists()
+
+
+# Inputs that used to train the wrong thing without a word: each is refused in one line before the run
+# folder exists. One folder per kind, made here; the conftest's tiny BERT and Llama are the good models.
+
+def _jsonl(path: Path, rows) -> str:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def wrong(tmp_path_factory, bert_dir, llama_dir):
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    root = tmp_path_factory.mktemp("wrong-inputs")
+    torch.manual_seed(0)
+    no_tokenizer = root / "bert-without-tokenizer"
+    BertForSequenceClassification(BertConfig(vocab_size=1000, hidden_size=16, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=32)).save_pretrained(no_tokenizer)
+    empty_tokenizer = root / "bert-with-empty-tokenizer"  # settings but no vocabulary: 5 special tokens
+    shutil.copytree(no_tokenizer, empty_tokenizer)
+    (empty_tokenizer / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+    chat_llama = root / "chat-llama"  # a template that, like many, renders only the roles it knows
+    shutil.copytree(llama_dir, chat_llama)
+    tok = AutoTokenizer.from_pretrained(chat_llama)
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] in ['user', 'assistant', 'system'] %}"
+                         "{{ m['role'] }} : {{ m['content'] }} . {% endif %}{% endfor %}"
+                         "{% if add_generation_prompt %}assistant : {% endif %}")
+    tok.save_pretrained(chat_llama)
+    two = [{"text": f"example {i}", "label": ["pos", "neg"][i % 2]} for i in range(20)]
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    files = {
+        "two_classes": write_csv(root / "two.csv", two),
+        "one_class": write_csv(root / "one.csv", [{"text": f"example {i}", "label": "pos"} for i in range(20)]),
+        "one_integer_class": write_csv(root / "stars.csv", [{"text": f"example {i}", "label": 5} for i in range(20)]),
+        "no_assistant": _jsonl(root / "no_assistant.jsonl", [{"conversations": [
+            {"from": "human", "value": f"hi {i}"}, {"from": "human", "value": "anyone?"}]} for i in range(10)]),
+        "unknown_role": _jsonl(root / "unknown_role.jsonl", [{"messages": [
+            {"role": "narrator", "content": f"scene {i}"}, *chat]} for i in range(10)]),
+    }
+    files["text"] = str(root / "reviews.txt")
+    Path(files["text"]).write_text("good film\nbad film\n")
+    return root, {"no_tokenizer": str(no_tokenizer), "empty_tokenizer": str(empty_tokenizer), "bert": bert_dir,
+                  "llama": llama_dir, "chat_llama": str(chat_llama)}, files
+
+
+WRONG = {
+    "model folder without tokenizer files": ("no_tokenizer", "two_classes", [], "no tokenizer files"),
+    "tokenizer without a vocabulary": ("empty_tokenizer", "two_classes", [], "only 5 tokens"),
+    "one class in train": ("bert", "one_class", [], "one class only"),
+    "one integer class in train": ("bert", "one_integer_class", [], "one class only"),
+    "label word given twice": ("llama", "two_classes", ["--task", "label_words", "--label_words", "yes,yes"],
+                               "'yes' is given twice"),
+    "label words with the same tokens": ("llama", "two_classes",
+                                         ["--task", "label_words", "--label_words", "Yes,yes"], "same tokens"),
+    "max_steps zero": ("bert", "two_classes", ["--max_steps", "0"], "max_steps"),
+    "max_steps below -1": ("bert", "two_classes", ["--max_steps", "-3"], "max_steps"),
+    "max_length past the encoder's positions": ("bert", "two_classes", ["--max_length", "65"], "64 positions"),
+    "max_length past the decoder's positions": ("llama", "two_classes", ["--task", "causal_lm", "--max_length", "200"],
+                                                "128 positions"),
+    "sft without an assistant turn": ("chat_llama", "no_assistant", ["--task", "sft"], "no assistant turn"),
+    "sft role the template drops": ("chat_llama", "unknown_role", ["--task", "sft"], "'narrator'"),
+    "plain text for classification": ("bert", "text", [], "causal_lm only"),
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG))
+def test_input_that_would_train_the_wrong_thing_is_refused(wrong, capsys, name):
+    """Exit 2, one stderr line naming the problem, and no output folder."""
+    root, models, files = wrong
+    model, data, extra, needle = WRONG[name]
+    train = files[data]
+    out = root / f"out-{name.replace(' ', '-')}"
+    argv = ["train", "--model_name_or_path", models[model], "--train_file", train, "--output_dir", str(out),
+            "--max_steps", "2", "--report_to", "none", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
+    assert needle.lower() in err[0].lower(), err[0]
+    assert not out.exists()

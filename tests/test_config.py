@@ -132,6 +132,10 @@ def test_unknown_key_suggests_training_arguments_field():
     ["--eval_steps", "30", "--save_steps", "100"],
     ["--lora_target_modules", "query,all-linear"],
     ["--label_words", "great"],
+    ["--label_words", "yes,no,yes"],
+    ["--label_words", "yes, yes"],
+    ["--max_steps", "0"],
+    ["--max_steps", "-2"],
     ["a.yaml", "b.yaml"],
     ["-x"],
     ["--adam_beta2", "high"],
@@ -256,3 +260,14 @@ def test_help_lists_every_field():
     text = train_help()
     assert all(f"--{f.name} " in text for f in dataclasses.fields(TrainConfig))
     assert "TrainingArguments" in text
+
+
+@pytest.mark.parametrize("steps", [-1, 1, 500])
+def test_max_steps_is_minus_one_or_positive(steps):
+    """-1 (train num_train_epochs) and any positive step count are valid max_steps."""
+    TrainConfig(max_steps=steps).validate()
+
+
+def test_repeated_label_word_is_named():
+    """A label word given twice is refused, naming it."""
+    assert "'yes' is given twice" in one_line_error(parse_train_args, ["--label_words", "yes,no,yes"])

@@ -145,7 +145,7 @@ def test_integer_labels_out_of_range_is_error(tok):
 
 def test_text_pair_is_encoded_with_both_segments(tok):
     """text_pair_column feeds the second sentence (BERT token_type_ids 1 on it)."""
-    data = splits([{"a": "first", "b": "second", "label": 0}])
+    data = splits([{"a": "first", "b": "second", "label": 0}, {"a": "third", "b": "fourth", "label": 1}])
     out, _, _ = prepare_classification(data, tok, text_column="a", text_pair_column="b", label_column="label",
                                        max_length=16)
     assert 1 in out["train"][0]["token_type_ids"]
@@ -293,3 +293,139 @@ def test_unlabeled_test_split_is_dropped(tok):
     data["test"] = Dataset.from_list([{"text": "c", "label": -1}])
     out, names, _ = prepare_classification(data, tok, text_column="text", label_column="label", max_length=8)
     assert set(out) == {"train"} and names == ["0", "1"]
+
+
+# Labels: the classes are the values that occur, whatever those values are.
+
+@pytest.mark.parametrize("values", [[1, 5, 5, 1], [10, -1, 3, 3], [1.0, 5.0, 2.0], [True, False]])
+def test_whole_number_labels_are_the_distinct_values_seen(tok, values):
+    """K distinct whole-number labels make K classes, ids 0..K-1 in sorted order, named by value."""
+    data = splits([{"text": f"t{i}", "label": v} for i, v in enumerate(values)])
+    out, names, is_regression = prepare_classification(data, tok, text_column="text", label_column="label",
+                                                        max_length=8)
+    classes = sorted({int(v) for v in values})
+    assert not is_regression and names == [str(c) for c in classes]
+    assert out["train"]["labels"] == [classes.index(int(v)) for v in values]
+
+
+def test_run_with_value_named_classes_maps_labels_by_value(tok):
+    """Scoring a run trained on ratings 1 and 5: label 5 is class "5" (id 1), and 3 is refused."""
+    data = splits([{"text": "a", "label": 5}, {"text": "b", "label": 1}])
+    out, names, _ = prepare_classification(data, tok, text_column="text", label_column="label", max_length=8,
+                                           label_names=["1", "5"])
+    assert names == ["1", "5"] and out["train"]["labels"] == [1, 0]
+    with pytest.raises(LoraPlusError, match="not one of the run's classes"):
+        prepare_classification(splits([{"text": "c", "label": 3}]), tok, text_column="text", label_column="label",
+                               max_length=8, label_names=["1", "5"])
+
+
+@pytest.mark.parametrize("train", [
+    [{"text": "a", "label": "pos"}, {"text": "b", "label": "pos"}],
+    [{"text": "a", "label": 4}, {"text": "b", "label": 4}],
+    [{"text": "a", "label": 1.0}, {"text": "b", "label": 1.0}],
+])
+def test_single_class_train_is_refused(tok, train):
+    """A train split with one class only is a one-line error, for classification and label words."""
+    with pytest.raises(LoraPlusError, match="one class only") as err:
+        prepare_classification(splits(train), tok, text_column="text", label_column="label", max_length=8)
+    assert "\n" not in str(err.value)
+    with pytest.raises(LoraPlusError, match="one class only"):
+        prepare_label_words(splits(train), tok, text_column="text", label_column="label", max_length=32,
+                            label_words=None)
+
+
+def test_single_class_of_a_class_label_train_is_refused(tok):
+    """A ClassLabel column with two names but one class present in train is refused too."""
+    from datasets import ClassLabel, Features, Value
+
+    train = Dataset.from_list([{"text": "a", "label": 1}, {"text": "b", "label": 1}],
+                              features=Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])}))
+    with pytest.raises(LoraPlusError, match="label 'pos'"):
+        prepare_classification(DatasetDict({"train": train}), tok, text_column="text", label_column="label",
+                               max_length=8)
+
+
+@pytest.mark.parametrize("words, needle", [(["yes", "yes"], "given twice"), (["Yes", "yes"], "same tokens"),
+                                           (["good", "bad", " good"], "same tokens")])
+def test_label_words_that_classes_share_are_refused(tok, words, needle):
+    """Two classes whose words tokenise alike (the same word, or words the uncased MiniLM merges) are refused."""
+    data = splits([{"text": f"t{i}", "label": ["a", "b", "c"][i % len(words)]} for i in range(6)])
+    with pytest.raises(LoraPlusError, match=needle):
+        prepare_label_words(data, tok, text_column="text", label_column="label", max_length=32, label_words=words)
+
+
+# SFT: the formats users already have, read from their columns.
+
+CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] in ['user', 'assistant', 'system'] %}"
+                 "{{ m['role'] }} : {{ m['content'] }} . {% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}assistant : {% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_tok():
+    chat = load_tokenizer(resolve_model("minilm"))
+    chat.chat_template = CHAT_TEMPLATE  # renders only the roles it knows, as many templates do
+    return chat
+
+
+def sft_rows(data, tokenizer):
+    out = prepare_sft(splits(data), tokenizer, max_length=64)["train"]
+    return [(r["input_ids"], r["labels"]) for r in out]
+
+
+@pytest.mark.parametrize("fmt", ["messages", "sharegpt", "sharegpt_in_messages", "alpaca", "prompt_completion"])
+def test_sft_formats_tokenise_like_prompt_response(chat_tok, fmt):
+    """Each supported format of the same exchanges gives the tokens and labels of prompt/response columns."""
+    pairs = [("what is red", "a colour"), ("name a fruit\n\napples or pears", "a pear")]
+    expected = sft_rows([{"prompt": p, "response": r} for p, r in pairs], chat_tok)
+    data = {
+        "messages": [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]}
+                     for p, r in pairs],
+        "sharegpt": [{"conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": r}]}
+                     for p, r in pairs],
+        "sharegpt_in_messages": [{"messages": [{"from": "human", "value": p}, {"from": "gpt", "value": r}]}
+                                 for p, r in pairs],
+        "alpaca": [{"instruction": "what is red", "input": "", "output": "a colour"},
+                   {"instruction": "name a fruit", "input": "apples or pears", "output": "a pear"}],
+        "prompt_completion": [{"prompt": p, "completion": r} for p, r in pairs],
+    }[fmt]
+    assert sft_rows(data, chat_tok) == expected
+    assert all(any(y != -100 for y in labels) for _, labels in expected)
+
+
+def test_sharegpt_system_turn_is_kept_and_not_learned(chat_tok):
+    """ShareGPT's system turn is rendered as system and carries no labels."""
+    data = [{"conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "hi"},
+                               {"from": "gpt", "value": "hello"}]}]
+    (ids, labels), = sft_rows(data, chat_tok)
+    assert "system : be brief" in chat_tok.decode(ids)
+    assert chat_tok.decode([y for y in labels if y != -100]) == "hello."
+
+
+@pytest.mark.parametrize("data, needle", [
+    ([{"conversations": [{"from": "human", "value": "hi"}, {"from": "human", "value": "again"}]}],
+     "no assistant turn"),
+    ([{"messages": [{"role": "narrator", "content": "night falls"}, {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello"}]}], "role 'narrator'"),
+    ([{"messages": [{"speaker": "user", "text": "hi"}]}], "no role"),
+    ([{"prompt": "hi", "response": "  "}], "empty response"),
+    ([{"question": "hi", "answer": "hello"}], "instruction/input/output"),
+])
+def test_sft_data_that_would_learn_nothing_or_lose_turns_is_refused(chat_tok, data, needle):
+    """No assistant turn, a role the template drops, turns without roles, empty responses, unknown columns."""
+    with pytest.raises(LoraPlusError, match=needle) as err:
+        prepare_sft(splits(data), chat_tok, max_length=64)
+    assert "\n" not in str(err.value) and "truncation" not in str(err.value)
+
+
+# Plain text for causal_lm.
+
+def test_txt_file_is_one_document_per_line(tmp_path):
+    """A .txt train file gives one example per non-blank line, in column text; other tasks refuse it."""
+    path = tmp_path / "train.txt"
+    path.write_text("first document\n\nsecond one\r\n   \nthird\n")
+    out = load_splits(train_file=str(path), validation_file=str(path))
+    assert out["train"]["text"] == ["first document", "second one", "third"]
+    assert load_splits(dataset_name=str(tmp_path), validation_split_ratio=0.34)["train"].column_names == ["text"]
+    with pytest.raises(LoraPlusError, match="causal_lm only"):
+        load_splits(train_file=str(path), text_files=False)

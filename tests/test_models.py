@@ -118,3 +118,63 @@ def test_target_matching_nothing_lists_layers():
         attach_lora(tiny_bert(), task="classification", target_modules=["q_proj", "value"])
     message = one_line(err)
     assert "q_proj" in message and "query" in message and "dense" in message
+
+
+def test_folder_without_tokenizer_files_is_refused(tmp_path):
+    """A model folder with weights but no tokenizer files is refused, naming the files it lacks."""
+    tiny_bert().save_pretrained(tmp_path)
+    with pytest.raises(LoraPlusError) as err:
+        load_tokenizer(str(tmp_path))
+    assert "no tokenizer files" in one_line(err) and "save_pretrained" in one_line(err)
+
+
+def test_tokenizer_far_smaller_than_the_model_vocabulary_is_refused(tmp_path):
+    """Tokenizer settings without a vocabulary load as 5 special tokens; refused against the model's 64."""
+    import json
+
+    tiny_bert().save_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+    with pytest.raises(LoraPlusError) as err:
+        load_tokenizer(str(tmp_path))
+    assert "only 5 tokens" in one_line(err) and "vocabulary of 64" in one_line(err)
+
+
+def test_a_real_tokenizer_with_its_model_loads(tmp_path):
+    """The packaged MiniLM tokenizer beside a model of its vocabulary size passes both checks."""
+    tokenizer = load_tokenizer(resolve_model("minilm"))
+    tokenizer.save_pretrained(tmp_path)
+    _config_folder(tmp_path, "bert", vocab_size=tokenizer.vocab_size)
+    assert len(load_tokenizer(str(tmp_path))) == len(tokenizer)
+
+
+def _config_folder(path, kind, **fields):
+    from transformers import AutoConfig
+
+    AutoConfig.for_model(kind, **fields).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind, fields, limit", [
+    ("bert", {"max_position_embeddings": 64}, 64),
+    ("gpt2", {"n_positions": 32}, 32),
+    ("llama", {"max_position_embeddings": 128}, 128),
+    ("roberta", {"max_position_embeddings": 514, "pad_token_id": 1}, 512),  # positions start after pad
+])
+def test_max_length_beyond_the_positions_is_refused(tmp_path, kind, fields, limit):
+    """A chosen max_length past the model's positions is refused naming the limit; up to it passes; the
+    default is capped there."""
+    from loraplus.models import fit_max_length
+
+    path = _config_folder(tmp_path, kind, **fields)
+    assert fit_max_length(path, limit) == limit
+    with pytest.raises(LoraPlusError) as err:
+        fit_max_length(path, limit + 1)
+    assert f"the {limit} positions" in one_line(err) and f"--max_length {limit}" in one_line(err)
+    assert fit_max_length(path, limit + 1, chosen=False) == limit
+
+
+def test_models_without_a_position_table_take_any_length(tmp_path):
+    """BLOOM's ALiBi positions have no table: no bound."""
+    from loraplus.models import fit_max_length
+
+    assert fit_max_length(_config_folder(tmp_path, "bloom"), 100_000) == 100_000
