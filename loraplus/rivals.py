@@ -16,14 +16,12 @@ parameter in one group at one lr, so a head would train at the adapter's rate in
 
 from __future__ import annotations
 
-from torch import nn
-
 from .errors import LoraPlusError
 
-LORA_OPTIMIZERS = ("loraplus", "riemannian", "lorafa")
+LORA_OPTIMIZERS = ("loraplus", "riemannian", "lorafa")  # config.py reads it: keep this module free of torch imports
 
 
-def riemannian_optimizer_class(model: nn.Module, optimizer_cls: type, *, reg: float = 1e-2) -> type:
+def riemannian_optimizer_class(model, optimizer_cls: type, *, reg: float = 1e-2) -> type:
     """`optimizer_cls` subclassed by PEFT so that each step preconditions the model's LoRA A and B gradients."""
     try:
         from peft.optimizers import create_riemannian_optimizer
@@ -34,7 +32,7 @@ def riemannian_optimizer_class(model: nn.Module, optimizer_cls: type, *, reg: fl
     return type(create_riemannian_optimizer(model, optimizer_cls, lr=1.0, reg=reg))
 
 
-def lorafa_optimizer(model: nn.Module, *, lr: float, lr_other: float | None, weight_decay: float,
+def lorafa_optimizer(model, *, lr: float, lr_other: float | None, weight_decay: float,
                      scaling: float, betas=(0.9, 0.999), eps: float = 1e-6):
     """PEFT's LoRA-FA optimizer: A frozen at init, B's gradient projected; other parameters at lr_other."""
     from peft.optimizers.lorafa import LoraFAOptimizer
