@@ -30,7 +30,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import textwrap
 import time
 from pathlib import Path
 
@@ -297,14 +296,21 @@ LINEAR_LOG2_LRS = (-16.0, 0.0)  # --model linear: (min, max) of log2 lr, for lr_
 
 
 def _defaults(func, flags, **special) -> str:
-    """`--flag default` for each flag, read from func's signature (special: flags that are not its parameters)."""
+    """`--flag default` for each flag, read from func's signature (special: flags that are not its parameters),
+    as indented lines that never split a flag from its value."""
     params = inspect.signature(func).parameters
 
     def show(v):
         return ",".join(f"{x:g}" for x in v) if isinstance(v, (tuple, list)) else f"{v:g}" if isinstance(
             v, float) else str(v)
 
-    return " ".join(f"--{f} {show(special[f] if f in special else params[f].default)}" for f in flags)
+    lines = [""]
+    for f in flags:
+        item = f"--{f} {show(special[f] if f in special else params[f].default)}"
+        if lines[-1] and len(lines[-1]) + 1 + len(item) > 110:
+            lines.append("")
+        lines[-1] = f"{lines[-1]} {item}" if lines[-1] else item
+    return "\n".join("      " + line for line in lines)
 
 
 def _usage() -> str:
@@ -312,19 +318,17 @@ def _usage() -> str:
 
     paper = _defaults(toy_paper.run_paper_toy, toy_paper.FLAGS, report_steps="10,<steps>")
     linear = _defaults(run_toy, FLAGS, log2_lr_min=LINEAR_LOG2_LRS[0], log2_lr_max=LINEAR_LOG2_LRS[1])
-    wrap = textwrap.TextWrapper(width=116, initial_indent="      ", subsequent_indent="      ", break_long_words=False,
-                                break_on_hyphens=False)
     return f"""usage: loraplus toy [--model paper|linear] [--flag value ...]
 
   --model paper   (default) the LoRA+ paper's section-3.2 toy, f(x) = W_out relu(B A relu(W_in x)) with only A
                   and B trained: train and test loss over the (lr_A, lr_B) grid at t = 10 and t = --steps, mean
                   of the seeds, cells within 1% of the best marked (toy_paper.json, heatmaps_n<width>.png,
-                  ratio_vs_width.png). Each (width, seed) is saved under OUTPUT_DIR/runs/ and reused by a later
-                  run with the same settings. Defaults:
-{wrap.fill(paper)}
+                  loss_by_ratio.png, ratio_vs_width.png). Each (width, seed) is saved under OUTPUT_DIR/runs/ and
+                  reused by a later run with the same settings. Defaults:
+{paper}
   --model linear  a linear LoRA layer after a fixed low-dimensional embedding, fitted to a low-rank teacher:
                   training loss over the grid per width (toy.json, toy_heatmaps.png, toy_ratio.png). Defaults:
-{wrap.fill(linear)}
+{linear}
 """
 
 

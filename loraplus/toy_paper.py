@@ -21,6 +21,12 @@ holds no toy model. Each detail below is therefore our reading, chosen as the mo
 - "Loss at t": the mean squared error of the model after t Adam steps (t = 0 is the initial model).
 - Metric: the mean over seeds; a non-finite loss in any seed makes the cell +inf (null in toy_paper.json).
 
+Reading the output: f sees A and B only through their product BA, and Adam's step ignores the scale of a
+gradient, so training at (lr_A, lr_B) from (A0, B0) follows the same functions as training at (c lr_A, lr_B / c)
+from (c A0, B0 / c), eps aside. Along a line lr_A x lr_B = const the ratio thus acts like a rescaling of A's
+random init, and the loss has a valley along such lines. The best loss at each ratio (best_by_ratio,
+loss_by_ratio.png) and the largest ratio within 2x of the best say more than the single best cell on that valley.
+
 All (lr_A, lr_B) cells of one width and seed train at once: A and B carry a leading cell dimension and the
 batched Adam of loraplus/toy.py (adam_step, tested against torch.optim.Adam) updates them. Gradients are
 written out by hand and checked step by step against autograd plus torch.optim.Adam on the same model built
@@ -162,12 +168,13 @@ def _grid(rows) -> torch.Tensor:
 
 
 def summarise(grid: torch.Tensor, log2_a: list[float], log2_b: list[float]) -> dict:
-    """Best cell, the cells within 1% and 10% of it (count, lr_B / lr_A range), the best cell with lr_A = lr_B
-    and the best loss at each ratio.
+    """Best cell, the cells within 1% and 10% of it (count, lr_B / lr_A range), the best cell with lr_A = lr_B,
+    the best loss at each ratio and the largest ratio whose best loss is within 2x of the best.
 
     grid[i][j] is the loss at lr_B = 2^log2_b[i], lr_A = 2^log2_a[j].
     """
-    out = {"best": None, "near_best": None, "near_best_10pct": None, "best_equal_lr": None, "best_by_ratio": None}
+    out = {"best": None, "near_best": None, "near_best_10pct": None, "best_equal_lr": None, "best_by_ratio": None,
+           "log2_ratio_max_within_2x": None}
     if not torch.isfinite(grid).any():
         return out
     i, j = divmod(int(torch.where(torch.isfinite(grid), grid, math.inf).argmin()), len(log2_a))
@@ -198,6 +205,9 @@ def summarise(grid: torch.Tensor, log2_a: list[float], log2_b: list[float]) -> d
             if math.isfinite(grid[r, c]):
                 by_ratio[b - a] = min(by_ratio.get(b - a, math.inf), float(grid[r, c]))
     out["best_by_ratio"] = {"log2_ratio": sorted(by_ratio), "loss": [by_ratio[k] for k in sorted(by_ratio)]}
+    # Where raising the ratio stops paying: the largest ratio whose best loss is within 2x of the best. LoRA+
+    # predicts it grows with the width; unlike the best cell's ratio it does not wander along a flat valley.
+    out["log2_ratio_max_within_2x"] = max(k for k, v in by_ratio.items() if v <= 2 * out["best"]["loss"])
     return out
 
 
@@ -306,7 +316,8 @@ def run_paper_toy(*, widths=(100,), steps: int = 200, report_steps=None, seeds=(
     if len(summaries) > 1:
         _plot_ratio(result, out / "ratio_vs_width.png")
     print(format_table(result))
-    print("\nlog2 lr_B / lr_A of the best cell [range within 1% of the best] {within 10%}:\n" + format_ratios(result))
+    print("\nlog2 lr_B / lr_A of the best cell [range within 1% of the best] {within 10%}, and the largest with a best"
+          "\nloss within 2x of the best:\n" + format_ratios(result))
     print(f"toy_paper.json and figures in {out}")
     return result
 
@@ -316,36 +327,43 @@ def _p2(x) -> str:
 
 
 def format_table(result: dict) -> str:
-    """One line per width, split and report step: best cell, cells within 1% and their ratios, best lr_A = lr_B."""
+    """One line per width, split and report step: best cell, cells within 1% and their ratios, the best cells with
+    lr_A = lr_B and with lr_B = 16 lr_A, and whether the best cell lies on the grid's border."""
     rows = [f"{'width':>6} {'split':>5} {'t':>4} {'best lr_A':>9} {'best lr_B':>9} {'lr_B/lr_A':>9} "
-            f"{'best loss':>9} {'1% cells':>8} {'1% lr_B/lr_A':>14} {'lr_A=lr_B loss':>14} {'x best':>6}  best on edge"]
+            f"{'best loss':>9} {'1% cells':>8} {'1% lr_B/lr_A':>14} {'lr_A=lr_B':>9} {'its loss':>9} {'x best':>6} "
+            f"{'lr_B=16lr_A x best':>18}  best on edge"]
     for w in result["widths"]:
         for split in SPLITS:
             for t in map(str, result["config"]["report_steps"]):
                 s = w[split][t]
                 b, nb, eq = s["best"] or {}, s["near_best"], s["best_equal_lr"] or {}
+                # LoRA+'s usual ratio: the best cell with lr_B = 16 lr_A, relative to the best cell
+                by_ratio = dict(zip(*s["best_by_ratio"].values())) if b else {}
+                sixteen = by_ratio[4.0] / b["loss"] if 4.0 in by_ratio else math.nan
                 band = f"2^{nb['log2_ratio_min']:g}..2^{nb['log2_ratio_max']:g}" if nb else "-"
                 rows.append(f"{w['width']:>6} {split:>5} {t:>4} {_p2(b.get('log2_lr_a')):>9} "
                             f"{_p2(b.get('log2_lr_b')):>9} {_p2(b.get('log2_ratio')):>9} "
                             f"{b.get('loss', math.inf):9.3e} {nb['cells'] if nb else 0:>8} {band:>14} "
-                            f"{eq.get('loss', math.inf):14.3e} {eq.get('times_best', math.nan):6.2f}  "
+                            f"{_p2(eq.get('log2_lr_a')):>9} {eq.get('loss', math.inf):9.3e} "
+                            f"{eq.get('times_best', math.nan):6.2f} {sixteen:18.2f}  "
                             f"{', '.join(b.get('grid_edge', [])) or '-'}")
     return "\n".join(rows)
 
 
 def format_ratios(result: dict) -> str:
     """log2 lr_B / lr_A of the best cell per width and (split, step), [its range over the cells within 1% of the
-    best], {and within 10%}."""
+    best], {and within 10%}, and the largest ratio whose best loss is within 2x of the best (after "2x<=")."""
     columns = [(split, t) for split in SPLITS for t in map(str, result["config"]["report_steps"])]
-    rows = [f"{'width':>6} " + " ".join(f"{f'{split} t={t}':>22}" for split, t in columns)]
+    rows = [f"{'width':>6} " + " ".join(f"{f'{split} t={t}':>28}" for split, t in columns)]
     for w in result["widths"]:
         cells = []
         for split, t in columns:
             s = w[split][t]
             b, nb, wide = s["best"], s["near_best"], s["near_best_10pct"]
             cells.append(f"{b['log2_ratio']:g} [{nb['log2_ratio_min']:g},{nb['log2_ratio_max']:g}] "
-                         f"{{{wide['log2_ratio_min']:g},{wide['log2_ratio_max']:g}}}" if b else "-")
-        rows.append(f"{w['width']:>6} " + " ".join(f"{c:>22}" for c in cells))
+                         f"{{{wide['log2_ratio_min']:g},{wide['log2_ratio_max']:g}}} "
+                         f"2x<={s['log2_ratio_max_within_2x']:g}" if b else "-")
+        rows.append(f"{w['width']:>6} " + " ".join(f"{c:>28}" for c in cells))
     return "\n".join(rows)
 
 

@@ -2,6 +2,7 @@
 Paper (section 3.2): batched training equals torch.optim.Adam on nn.Linear layers, only A and B train, the 1%
 marking, the ReLU slope at 0, outputs and reuse, flag errors."""
 
+import inspect
 import json
 import math
 import statistics
@@ -205,6 +206,13 @@ def test_best_by_ratio_is_the_minimum_over_each_diagonal():
     assert by_ratio == {"log2_ratio": [-1.0, 0.0, 1.0, 2.0], "loss": [1.0, 3.0, 0.5, 6.0]}
 
 
+def test_largest_ratio_within_twice_the_best_loss():
+    """log2_ratio_max_within_2x is the largest ratio whose best loss is at most 2x the best, gaps allowed."""
+    grid = torch.tensor([[1.0, 3.0, 9.0], [1.9, 5.0, 3.0], [2.5, 2.0, 7.0]], dtype=F64)
+    # best by ratio: -2 -> 9, -1 -> 3, 0 -> 1, 1 -> 1.9, 2 -> 2.5; within 2 x 1.0: ratios 0 and 1
+    assert summarise(grid, log2_a=[0.0, 1.0, 2.0], log2_b=[0.0, 1.0, 2.0])["log2_ratio_max_within_2x"] == 1.0
+
+
 def test_best_cell_on_the_grid_border_is_flagged():
     """A best cell at the smallest or largest lr_A or lr_B of the grid says so (the valley may go on beyond it)."""
     grid = torch.ones(3, 4, dtype=F64)
@@ -267,3 +275,14 @@ def test_paper_bad_flag_values_raise_one_line_naming_the_flag(argv, flag, tmp_pa
         main_toy(argv + ["--output_dir", str(tmp_path / "out")])
     assert flag in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_help_shows_each_models_actual_defaults(capsys):
+    """`loraplus toy --help` lists both models and reads their defaults from the code, so they cannot drift."""
+    from loraplus.toy_paper import DEFAULT_LOG2_LR_A, run_paper_toy
+
+    assert main_toy(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: loraplus toy [--model paper|linear]") and "--model linear" in out
+    assert f"--log2_lr_a {DEFAULT_LOG2_LR_A[0]:g},{DEFAULT_LOG2_LR_A[1]:g}" in out
+    assert f"--steps {inspect.signature(run_paper_toy).parameters['steps'].default}" in out
