@@ -277,19 +277,15 @@ def max_positions(path: str) -> tuple[int, str] | None:
     return None
 
 
-def fit_max_length(path: str, max_length: int, *, chosen: bool = True) -> int:
-    """The max_length to train with: `max_length`, or a one-line error when the model embeds fewer positions.
+def check_max_length(path: str, max_length: int) -> None:
+    """A one-line error when the model at `path` embeds fewer positions than `max_length`.
 
     Longer examples would index past the position table and fail in the first training step, after the
-    run folder was started. A max_length the user did not choose (chosen=False: the config's default)
-    is capped at the model's positions instead: the default is a convenience, not a request.
+    run folder was started.
     """
     bound = max_positions(path)
     if bound is None or max_length <= bound[0]:
-        return max_length
-    if not chosen:
-        log.info("max_length %d capped at the model's %d positions (config %s)", max_length, *bound)
-        return bound[0]
+        return
     raise LoraPlusError(f"max_length={max_length} is more than the {bound[0]} positions this model embeds "
                         f"(config {bound[1]}); pass --max_length {bound[0]} or less")
 

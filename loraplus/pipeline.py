@@ -224,11 +224,9 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
     eval_on_test: evaluate on the test split while training and keep the final model, not the best
     (the re-runs at an already chosen learning rate whose test curves a comparison reports).
     """
-    from dataclasses import replace
-
     from transformers import set_seed
 
-    from .models import fit_max_length, load_tokenizer, resolve_model
+    from .models import check_max_length, load_tokenizer, resolve_model
     from .reliability import (CheckpointCompleteCallback, check_engine_settings, cpu_only_launch,
                               drop_newer_checkpoints, is_writer, wait_for_everyone, write_json)
     from .trainer import JsonlMetricsCallback, LoraPlusTrainingArguments
@@ -241,9 +239,9 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
     check_engine_settings(kwargs)  # FSDP / DeepSpeed settings that would erase lr_B = ratio * lr_A
     resume = check_output_dir(cfg)
     model_path = resolve_model(cfg.model_name_or_path)
-    # A max_length the model cannot embed is refused here, not in the first step; the default is capped.
-    chosen = cfg.max_length != TrainConfig.__dataclass_fields__["max_length"].default
-    cfg = replace(cfg, max_length=fit_max_length(model_path, cfg.max_length, chosen=chosen))
+    # A max_length the model cannot embed is refused here, not in the first training step. Not capped:
+    # config.yaml must say what trained, and a rerun of the same config must be the same run.
+    check_max_length(model_path, cfg.max_length)
     tokenizer = load_tokenizer(model_path)
     prepared = prepare_data(cfg, tokenizer, drop_test=tuning)
     if eval_on_test and "test" not in prepared.splits:

@@ -83,7 +83,7 @@ def save_tiny_bert(path, tokenizer, *, dropout: float = 0.1) -> str:
 
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=64, hidden_dropout_prob=dropout,
+                     intermediate_size=32, max_position_embeddings=128, hidden_dropout_prob=dropout,
                      attention_probs_dropout_prob=dropout)
     BertForSequenceClassification(cfg).save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -217,7 +217,7 @@ WRONG = {
                                          ["--task", "label_words", "--label_words", "Yes,yes"], "same tokens"),
     "max_steps zero": ("bert", "two_classes", ["--max_steps", "0"], "max_steps"),
     "max_steps below -1": ("bert", "two_classes", ["--max_steps", "-3"], "max_steps"),
-    "max_length past the encoder's positions": ("bert", "two_classes", ["--max_length", "65"], "64 positions"),
+    "max_length past the encoder's positions": ("bert", "two_classes", ["--max_length", "129"], "128 positions"),
     "max_length past the decoder's positions": ("llama", "two_classes", ["--task", "causal_lm", "--max_length", "200"],
                                                 "128 positions"),
     "sft without an assistant turn": ("chat_llama", "no_assistant", ["--task", "sft"], "no assistant turn"),

@@ -161,20 +161,18 @@ def _config_folder(path, kind, **fields):
     ("roberta", {"max_position_embeddings": 514, "pad_token_id": 1}, 512),  # positions start after pad
 ])
 def test_max_length_beyond_the_positions_is_refused(tmp_path, kind, fields, limit):
-    """A chosen max_length past the model's positions is refused naming the limit; up to it passes; the
-    default is capped there."""
-    from loraplus.models import fit_max_length
+    """A max_length past the model's positions is refused naming the limit; up to it passes."""
+    from loraplus.models import check_max_length
 
     path = _config_folder(tmp_path, kind, **fields)
-    assert fit_max_length(path, limit) == limit
+    check_max_length(path, limit)
     with pytest.raises(LoraPlusError) as err:
-        fit_max_length(path, limit + 1)
+        check_max_length(path, limit + 1)
     assert f"the {limit} positions" in one_line(err) and f"--max_length {limit}" in one_line(err)
-    assert fit_max_length(path, limit + 1, chosen=False) == limit
 
 
 def test_models_without_a_position_table_take_any_length(tmp_path):
     """BLOOM's ALiBi positions have no table: no bound."""
-    from loraplus.models import fit_max_length
+    from loraplus.models import check_max_length
 
-    assert fit_max_length(_config_folder(tmp_path, "bloom"), 100_000) == 100_000
+    check_max_length(_config_folder(tmp_path, "bloom"), 100_000)

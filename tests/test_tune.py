@@ -173,7 +173,7 @@ def tuned(tmp_path_factory, bert_dir, sentiment):
             "--output_dir", str(root / "out"), "--lrs", "2e-3", "--ratios", "1,16", "--budget", "4", *FAST]
     opened, load_file = [], data._load_file
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(data, "_load_file", lambda path, split: opened.append(str(path)) or load_file(path, split))
+        mp.setattr(data, "_load_file", lambda path, *args: opened.append(str(path)) or load_file(path, *args))
         assert main(argv) == 0
     return root / "out", argv, opened
 
