@@ -427,22 +427,26 @@ def _plot_loss_by_ratio(result: dict, path: Path) -> None:
 
 
 def _plot_ratio(result: dict, path: Path) -> None:
-    """Best lr_B / lr_A against width for each split and report step; bars span the cells within 1%."""
+    """Against width, per split and report step: the best cell's lr_B / lr_A (bars: the cells within 1%), and
+    the largest ratio whose best loss is within 2x of the best."""
     plt, cfg = _pyplot(), result["config"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax_best, ax_edge) = plt.subplots(1, 2, figsize=(13, 4.5))
     for k, (split, t) in enumerate((s, t) for t in map(str, cfg["report_steps"]) for s in SPLITS):
         ws = [w for w in result["widths"] if w[split][t]["best"]]
         x = [w["width"] * 2 ** (0.06 * (k - 1.5)) for w in ws]  # a small offset per series keeps the bars apart
         best = [w[split][t]["best"]["log2_ratio"] for w in ws]
         lo = [b - w[split][t]["near_best"]["log2_ratio_min"] for b, w in zip(best, ws)]
         hi = [w[split][t]["near_best"]["log2_ratio_max"] - b for b, w in zip(best, ws)]
-        ax.errorbar(x, best, yerr=[lo, hi], fmt="o-", capsize=3, label=f"{split}, t = {t}")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xscale("log", base=2)
-    ax.set(xlabel="width n", ylabel="log2 (lr_B / lr_A) of the best cell",
-           title="best ratio against width (bars: cells within 1% of best)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        ax_best.errorbar(x, best, yerr=[lo, hi], fmt="o-", capsize=3, label=f"{split}, t = {t}")
+        ax_edge.plot(x, [w[split][t]["log2_ratio_max_within_2x"] for w in ws], "o-", label=f"{split}, t = {t}")
+    ax_best.set(ylabel="log2 (lr_B / lr_A) of the best cell", title="best cell (bars: cells within 1% of best)")
+    ax_edge.set(ylabel="log2 (lr_B / lr_A)", title="largest ratio whose best loss is within 2x of the best")
+    for ax in (ax_best, ax_edge):
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="width n")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
