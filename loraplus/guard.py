@@ -106,32 +106,28 @@ class NonFiniteGuardMixin:
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.add_callback(SkippedStepsCallback(self))
-        self._loss_went_non_finite = False
+        self._bad_losses = None  # non-finite losses this step, kept on the device: one sync per step, not per forward
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            logger.warning("NaN/Inf guard: DeepSpeed holds the gradients, so the loss and skipped fp16 steps "
+                           "are checked, the gradients are not")
 
     def _scaler_skips_steps(self) -> bool:
         return getattr(self.accelerator, "scaler", None) is not None
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.state.global_step == 0 and not hasattr(self, "_guard_announced"):
-            self._guard_announced = True
-            if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
-                logger.warning("NaN/Inf guard: DeepSpeed holds the gradients, so the loss and skipped fp16 steps "
-                               "are checked, the gradients are not")
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if not bool(torch.isfinite(loss).all()):
-            self._loss_went_non_finite = True
+        bad = (~torch.isfinite(loss.detach())).sum()
+        self._bad_losses = bad if self._bad_losses is None else self._bad_losses + bad
         if self.accelerator.sync_gradients:  # the step's last backward: gradients complete, not yet clipped
             self._check_step(model)
         return loss
 
     def _check_step(self, model) -> None:
         step = self.state.global_step + 1
-        bad_loss = self._loss_went_non_finite
-        self._loss_went_non_finite = False
+        bad_losses, self._bad_losses = self._bad_losses, None
         if self.args.world_size > 1:  # every process must stop at the same step
-            flag = torch.tensor(float(bad_loss), device=self.args.device)
-            bad_loss = bool(self.accelerator.reduce(flag, reduction="sum") > 0)
-        if bad_loss:
+            bad_losses = self.accelerator.reduce(bad_losses.float(), reduction="sum")
+        if bool(bad_losses > 0):
             raise NonFiniteGradientError(f"non-finite loss at step {step}; " + _ADVICE, step=step)
         if self._scaler_skips_steps():
             return
