@@ -34,7 +34,6 @@ ARMS = {
     "rslora": {"loraplus_lr_ratio": 1.0, "use_rslora": True},
     "dora": {"loraplus_lr_ratio": 1.0, "use_dora": True},
 }
-METHODS = ARMS  # the names `--methods` takes
 
 
 def arm_settings(method: str, ratios: list[float]) -> dict[str, dict]:

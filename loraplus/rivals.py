@@ -32,14 +32,25 @@ def riemannian_optimizer_class(model, optimizer_cls: type, *, reg: float = 1e-2)
     return type(create_riemannian_optimizer(model, optimizer_cls, lr=1.0, reg=reg))
 
 
+def lora_scaling(model) -> float:
+    """The LoRA layers' alpha / r (or alpha / sqrt(r)): LoRA-FA divides B's projected gradient by its square."""
+    from peft.tuners.lora import LoraLayer
+
+    values = {v for m in model.modules() if isinstance(m, LoraLayer) for v in m.scaling.values()}
+    if len(values) != 1:
+        raise LoraPlusError(f"lora_optimizer lorafa needs one LoRA scaling for every layer, found {sorted(values)}")
+    return values.pop()
+
+
 def lorafa_optimizer(model, *, lr: float, lr_other: float | None, weight_decay: float,
-                     scaling: float, betas=(0.9, 0.999), eps: float = 1e-6):
+                     betas=(0.9, 0.999), eps: float = 1e-6):
     """PEFT's LoRA-FA optimizer: A frozen at init, B's gradient projected; other parameters at lr_other."""
     from peft.optimizers.lorafa import LoraFAOptimizer
 
     from .groups import parameter_roles
 
     roles = parameter_roles(model)  # before A is frozen: it must be a LoRA model with A and B
+    scaling = lora_scaling(model)
     if any(r in ("lora_magnitude", "lora_embedding_A", "lora_embedding_B") for r in roles.values()):
         raise LoraPlusError("lora_optimizer lorafa supports LoRA on linear layers only (no DoRA, no embeddings); "
                             "drop --use_dora and embedding targets, or use loraplus")

@@ -95,7 +95,7 @@ class LoraPlusMixin:
             from .rivals import lorafa_optimizer
 
             self.optimizer = lorafa_optimizer(opt_model, lr=args.learning_rate, lr_other=setting("loraplus_lr_other"),
-                                              weight_decay=args.weight_decay, scaling=_lora_scaling(opt_model),
+                                              weight_decay=args.weight_decay,
                                               betas=kwargs.get("betas", (0.9, 0.999)), eps=kwargs.get("eps", 1e-6))
             return self.optimizer
         if kind == "riemannian":
@@ -116,16 +116,6 @@ class LoraPlusMixin:
         )
         self.optimizer = build_optimizer(opt_model, optimizer_cls, groups, **kwargs)
         return self.optimizer
-
-
-def _lora_scaling(model) -> float:
-    """The LoRA layers' alpha / r (or alpha / sqrt(r)): LoRA-FA divides B's projected gradient by its square."""
-    from peft.tuners.lora import LoraLayer
-
-    values = {v for m in model.modules() if isinstance(m, LoraLayer) for v in m.scaling.values()}
-    if len(values) != 1:
-        raise LoraPlusError(f"lora_optimizer lorafa needs one LoRA scaling for every layer, found {sorted(values)}")
-    return values.pop()
 
 
 class LoraPlusTrainer(LoraPlusMixin, Trainer):
