@@ -6,9 +6,9 @@ checkpoint resume all stay the Trainer's. Only one hook is overridden; `Trainer.
 re-declared (a subclass that forwards its arguments by position breaks with each release), so the
 integration survives transformers releases.
 
-TRL: `class LoraPlusSFTTrainer(LoraPlusMixin, trl.SFTTrainer)`, with arguments from
-`@dataclass class LoraPlusSFTConfig(trl.SFTConfig, LoraPlusArguments)` (or a plain SFTConfig,
-which gives the defaults below).
+TRL: `loraplus.trl` has the ready-made `LoraPlusSFTTrainer` / `LoraPlusSFTConfig` and
+`LoraPlusDPOTrainer` / `LoraPlusDPOConfig` (`LoraPlusMixin` over TRL's trainer; a plain SFTConfig or
+DPOConfig gives the defaults below). It needs `pip install trl`; this module never imports TRL.
 """
 
 from __future__ import annotations
