@@ -13,13 +13,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=runs/paper_regime/mnli
 kept=results/paper_regime/mnli/runs
+here=$(pwd); above=$(dirname "$here")
 keep() {  # the small files of each finished run (an unfinished one has no summary.json yet)
   for done in "$runs"/*/*/summary.json "$runs"/*/*/diverged.json; do
     [ -f "$done" ] || continue
     dir=$(dirname "$done"); rel=${dir#"$runs"/}
     mkdir -p "$kept/$rel"
     for f in config.yaml summary.json diverged.json metrics.jsonl; do
-      [ -f "$dir/$f" ] && cp "$dir/$f" "$kept/$rel/"
+      # runs store absolute paths; the kept copies name them from the checkout (read back against it)
+      [ -f "$dir/$f" ] && sed -e "s#$here/#./#g" -e "s#$above/#../#g" "$dir/$f" > "$kept/$rel/$f"
     done
   done
 }

@@ -62,13 +62,39 @@ def _train(argv: list[str]) -> int:
         return 0
     cfg = parse_train_args(argv)
     from .pipeline import train
-
-    summary = train(cfg)
     from .reliability import is_writer
+
+    try:
+        summary = train(cfg)
+    except KeyboardInterrupt:
+        if is_writer():
+            print(_resume_hint(cfg.output_dir, argv), file=sys.stderr)
+        return 130
 
     if is_writer():  # under torchrun every rank returns here; one summary is enough
         _print_summary(cfg.output_dir, summary)
     return 0
+
+
+def _resume_hint(output_dir: str, argv: list[str]) -> str:
+    """What to run after Ctrl-C: the same command resuming from the newest whole checkpoint, if there is one."""
+    import shlex
+
+    from .reliability import latest_valid_checkpoint
+
+    kept, _ = latest_valid_checkpoint(output_dir)
+    if kept is None:
+        return "interrupted before the first checkpoint; nothing was kept, rerun the same command to start again"
+    args, i = [], 0
+    while i < len(argv):  # the command as given, without any earlier --resume_from_checkpoint
+        if argv[i] == "--resume_from_checkpoint":
+            i += 2
+            continue
+        if not argv[i].startswith("--resume_from_checkpoint="):
+            args.append(argv[i])
+        i += 1
+    command = shlex.join(["loraplus", "train", *args, "--resume_from_checkpoint", "latest"])
+    return f"interrupted; {kept} is kept, continue with: {command}"
 
 
 def _print_summary(output_dir: str, summary: dict) -> None:
@@ -176,8 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     except LoraPlusError as e:
         print(f"error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only folder, ...: the user's to fix, like a bad config
+        from .files import os_error_line
+
+        print(f"error: {' '.join(os_error_line(e).splitlines())}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if argv[0] in ("compare", "sweep", "tune"):
+            print("interrupted; rerun the same command to continue: finished runs are reused and the "
+                  "unfinished one resumes from its last checkpoint", file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
         return 130
 
 

@@ -12,7 +12,6 @@ import enum
 import functools
 import math
 import os
-import tempfile
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from typing import Any, NoReturn
 import yaml
 
 from loraplus.errors import LoraPlusError
+from loraplus.files import write_text_atomic
 from loraplus.rivals import LORA_OPTIMIZERS
 
 TASKS = ("classification", "causal_lm", "sft", "label_words")
@@ -215,6 +215,9 @@ class TrainConfig:
         elif isinstance(tm, str) and tm != "all-linear":
             kwargs["lora_target_modules"] = [tm]
         cfg = cls(**kwargs, trainer_args=extra)
+        for key, value in absolute_paths(dataclasses.asdict(cfg)).items():  # defaults too (output_dir)
+            if value != getattr(cfg, key):
+                setattr(cfg, key, value)
         cfg.validate()
         return cfg
 
@@ -227,12 +230,60 @@ class TrainConfig:
         """Write the config to `path` as YAML, atomically, so a crash never leaves half a file."""
         text = "# resolved config of a run; rerun with: loraplus train <this file>\n"
         text += yaml.safe_dump(self.to_dict(), sort_keys=False)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        write_text_atomic(path, text)
+
+
+def absolute_paths(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """`settings` with every local path made absolute (against the working folder), so a run's config.yaml
+    works from anywhere (`loraplus eval RUN` from another folder). Aliases and hub ids stay as they are:
+    a model or dataset name becomes a path only when it names something on disk."""
+    def absolute(value):
+        return os.path.abspath(os.path.expanduser(value))
+
+    def builtin(key: str, value: str) -> bool:  # imported only for a name that is also on disk: data is heavy
+        if key == "model_name_or_path":
+            from loraplus.models import BUILTIN_MODELS as names
+        else:
+            from loraplus.data import BUILTIN_DATASETS as names
+        return value in names
+
+    out = dict(settings)
+    for key in ("train_file", "validation_file", "test_file", "output_dir"):
+        if isinstance(out.get(key), str) and out[key]:
+            out[key] = absolute(out[key])
+    for key in ("model_name_or_path", "dataset_name"):
+        value = out.get(key)
+        if isinstance(value, str) and os.path.exists(os.path.expanduser(value)) and not builtin(key, value):
+            out[key] = absolute(value)
+    if isinstance(out.get("resume_from_checkpoint"), str) and out["resume_from_checkpoint"] != "latest":
+        out["resume_from_checkpoint"] = absolute(out["resume_from_checkpoint"])
+    return out
+
+
+# Keys that name where a run lives or how it is launched, not what it trains.
+RUN_ONLY_KEYS = frozenset({"output_dir", "overwrite_output_dir", "resume_from_checkpoint"})
+# ... and those a resumed run may change without training anything differently (only what is logged or kept).
+RESUME_FREE_KEYS = RUN_ONLY_KEYS | {"report_to", "logging_steps", "save_total_limit"}
+
+
+def changed_settings(saved: Mapping[str, Any], cfg: "TrainConfig",
+                     ignore: frozenset[str] = RUN_ONLY_KEYS) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, value now) for each setting of `cfg` that differs from a run's saved config.
+
+    A key the saved run did not have (a newer loraplus) had its default there. Values are compared as
+    read back from YAML, so a tuple and a list, or 1e-3 and 0.001, are the same setting.
+    """
+    wanted = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
+    saved = absolute_paths(saved)  # a run saved with relative paths (older loraplus) names the same files
+    defaults = yaml.safe_load(yaml.safe_dump(TrainConfig().to_dict()))
+    return [(k, saved.get(k, defaults.get(k)), wanted.get(k)) for k in sorted(wanted.keys() | saved.keys())
+            if k not in ignore and saved.get(k, defaults.get(k)) != wanted.get(k)]
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]], limit: int = 3) -> str:
+    """'learning_rate 0.001 there, 0.003 now; ...' for the first `limit` changes."""
+    return "; ".join(f"{k} {old!r} there, {new!r} now" for k, old, new in changes[:limit])
 
 
 def parse_train_args(argv: Sequence[str]) -> TrainConfig:
@@ -364,6 +415,7 @@ def check_training_arguments(kwargs: dict[str, Any]) -> None:
     if kwargs.get("bf16") and not kwargs.get("use_cpu") and not accelerator:
         _fail("bf16 true needs a GPU with bfloat16 and none is visible; use --bf16 auto, "
               "or add --use_cpu true for bfloat16 autocast on the CPU")
+    _check_report_to(kwargs.get("report_to"))
     if kwargs.get("deepspeed"):
         # A DeepSpeed TrainingArguments registers its config globally (ZeRO-3 init at from_pretrained); a
         # throwaway one could leave that half-set for the model load. Its file was checked already.
@@ -373,6 +425,22 @@ def check_training_arguments(kwargs: dict[str, Any]) -> None:
     except (ValueError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         _fail(f"the Trainer refuses these settings: {first}")
+
+
+def _check_report_to(report_to) -> None:
+    """A logger that is not installed fails here, not when the Trainer is built after config.yaml is written."""
+    from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    if names in (["none"], ["all"], []):
+        return
+    available = set(get_available_reporting_integrations())
+    for name in names:
+        if name not in INTEGRATION_TO_CALLBACK:
+            _fail(f"report_to '{name}' is not a logger the Trainer knows; use one of "
+                  f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}, or none")
+        if name not in available:
+            _fail(f"report_to '{name}': its package is not installed; pip install it, or pass --report_to none")
 
 
 def _first_repeat(words: list[str]) -> str | None:

@@ -79,7 +79,7 @@ def _offline_reason(name: str) -> str | None:
     return None
 
 
-def _load_file(path: str | os.PathLike, split: str, text_files: bool = True) -> Dataset:
+def load_file(path: str | os.PathLike, split: str, text_files: bool = True) -> Dataset:
     """One local csv/tsv/json/jsonl/parquet file, or with text_files a .txt file, as a Dataset."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -162,7 +162,7 @@ def load_splits(*, dataset_name: str | None = None, dataset_config_name: str | N
     elif dataset_name:
         path = Path(dataset_name).expanduser()
         if path.is_dir():
-            splits = {s: _load_file(p, s, text_files) for s, p in _folder_files(path, text_files).items()}
+            splits = {s: load_file(p, s, text_files) for s, p in _folder_files(path, text_files).items()}
         elif path.is_file():
             train_file = str(path)
         elif dataset_name.startswith(("./", "../", "/", "~")) or dataset_name.count("/") > 1 \
@@ -188,10 +188,10 @@ def load_splits(*, dataset_name: str | None = None, dataset_config_name: str | N
     elif not train_file:
         raise LoraPlusError("no data: pass --dataset_name (e.g. rotten_tomatoes) or --train_file")
     if train_file:
-        splits["train"] = _load_file(train_file, "train", text_files)
+        splits["train"] = load_file(train_file, "train", text_files)
     for split, file in (("validation", validation_file), ("test", test_file)):
         if file:
-            splits[split] = _load_file(file, split, text_files)
+            splits[split] = load_file(file, split, text_files)
     if "train" not in splits:
         raise LoraPlusError(f"dataset '{dataset_name}' has no train split; pass --train_file")
     for split, ds in splits.items():
@@ -215,6 +215,36 @@ def load_splits(*, dataset_name: str | None = None, dataset_config_name: str | N
     return DatasetDict({k: splits[k] for k in ("train", "validation", "test") if k in splits})
 
 
+def data_fingerprint(*, dataset_name: str | None = None, train_file: str | None = None,
+                     validation_file: str | None = None, test_file: str | None = None) -> dict[str, str]:
+    """sha256 of each local data file a run reads (a folder: of its files), keyed by its role (train_file, ...).
+
+    Recorded with every checkpoint, so a resume on edited data is refused even when no setting changed.
+    A built-in or hub dataset is recorded by name: its content is fixed by its version, not by a file here.
+    """
+    import hashlib
+
+    found: dict[str, str] = {}
+    given = {"dataset_name": dataset_name, "train_file": train_file, "validation_file": validation_file,
+             "test_file": test_file}
+    for role, name in given.items():
+        if not name:
+            continue
+        path = Path(name).expanduser()
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+        if not files:
+            found[role] = f"name {name}"
+            continue
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(file.relative_to(path).as_posix().encode() if path.is_dir() else b"")
+            with open(file, "rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    digest.update(block)
+        found[role] = digest.hexdigest()
+    return found
+
+
 def _require_columns(splits: DatasetDict, columns: list[str | None]) -> None:
     """Raise LoraPlusError naming the first missing column and the columns present."""
     for split, ds in splits.items():
@@ -225,14 +255,21 @@ def _require_columns(splits: DatasetDict, columns: list[str | None]) -> None:
 
 
 def _require_text(splits: DatasetDict, columns: list[str | None]) -> None:
-    """Raise LoraPlusError when a text column has missing values."""
+    """Raise LoraPlusError when a text column has missing values or values that are not text."""
     for split, ds in splits.items():
         for col in columns:
-            if col is not None:
-                missing = sum(v is None for v in ds[col])
-                if missing:
-                    raise LoraPlusError(f"column '{col}' of the {split} split has {missing} empty value(s); "
-                                        f"fill or drop those rows")
+            if col is None:
+                continue
+            values = ds[col]
+            missing = sum(v is None for v in values)
+            if missing:
+                raise LoraPlusError(f"column '{col}' of the {split} split has {missing} empty value(s); "
+                                    f"fill or drop those rows")
+            value = next((v for v in values if not isinstance(v, str)), None)
+            if value is not None:  # (rows are not numbered: a carved validation split has shuffled them)
+                raise LoraPlusError(f"column '{col}' of the {split} split holds {type(value).__name__} values, not "
+                                    f"text (e.g. {str(value)[:40]!r}); store text there, or name the text column "
+                                    "with --text_column")
 
 
 def _drop_unlabeled_test(splits: DatasetDict, label_column: str) -> DatasetDict:
@@ -251,7 +288,8 @@ def _label_encoding(splits: DatasetDict, label_column: str, label_names: list[st
     """
     if label_names is not None:
         return _fixed_label_encoding(splits, label_column, list(label_names))
-    feature = splits["train"].features[label_column]
+    decides = "train" if "train" in splits else next(iter(splits))  # the split that defines the classes
+    feature = splits[decides].features[label_column]
     values = {split: list(ds[label_column]) for split, ds in splits.items()}
     for split, vals in values.items():
         if any(v is None for v in vals):
@@ -261,7 +299,7 @@ def _label_encoding(splits: DatasetDict, label_column: str, label_names: list[st
         names = list(feature.names)
         to_id = int
     elif getattr(feature, "dtype", None) in ("string", "large_string"):
-        names = sorted({str(v) for v in values["train"]})
+        names = sorted({str(v) for v in values[decides]})
         index = {n: i for i, n in enumerate(names)}
         for split, vals in values.items():
             unseen = sorted({str(v) for v in vals} - index.keys())
@@ -272,7 +310,7 @@ def _label_encoding(splits: DatasetDict, label_column: str, label_names: list[st
         def to_id(v):
             return index[str(v)]
     elif str(getattr(feature, "dtype", "")).startswith(("float", "int", "uint", "bool")):
-        train = np.asarray(values["train"], dtype=np.float64)
+        train = np.asarray(values[decides], dtype=np.float64)
         if str(feature.dtype).startswith("float") and not np.all(train == np.round(train)):
             return float, None, True  # real-valued targets: regression (e.g. STS-B)
         # Whole-number labels are classes whatever their values (star ratings 1..5, codes 10/20/30): the
@@ -301,7 +339,7 @@ def _label_encoding(splits: DatasetDict, label_column: str, label_names: list[st
             raise LoraPlusError(f"label {bad[0]} in the {split} split is outside 0..{len(names) - 1}; "
                                 f"integer labels must be classes 0..K-1 seen in train")
     # One class leaves nothing to tell apart: the head would learn a constant and report it as accuracy.
-    seen = sorted({to_id(v) for v in values["train"]})
+    seen = sorted({to_id(v) for v in values[decides]})
     if len(seen) < 2:
         raise LoraPlusError(f"the train split has one class only (label '{names[seen[0]]}' in column "
                             f"'{label_column}'); classification needs examples of at least two classes")
@@ -535,7 +573,8 @@ def prepare_sft(splits: DatasetDict, tokenizer, *, prompt_column: str = "prompt"
     _check_length(max_length)
     if not getattr(tokenizer, "is_fast", False):
         raise LoraPlusError("sft needs a fast tokenizer (character offsets); save the model with a tokenizer.json")
-    kind, cols = sft_format(splits["train"].column_names, prompt_column, response_column, messages_column)
+    first = splits["train"] if "train" in splits else next(iter(splits.values()))  # eval reads a test file alone
+    kind, cols = sft_format(first.column_names, prompt_column, response_column, messages_column)
     log.info("sft data format: %s (columns %s)", kind, ", ".join(c for c in cols.values() if c))
     _require_columns(splits, list(cols.values()))
     has_template = bool(getattr(tokenizer, "chat_template", None))

@@ -19,7 +19,7 @@ from pathlib import Path
 from .config import TrainConfig, lr_grid, parse_floats, parse_train_args, split_flags
 from .errors import LoraPlusError
 from .reliability import is_writer, write_json
-from .runs import greater_is_better, run_cell
+from .runs import check_reusable, greater_is_better, run_cell, run_log
 
 # What each arm sets of the adapter's optimisation; everything else is the base config, the same in every arm.
 # A ratio of None makes one arm per --ratios value. Every arm states every key, so an arm means the same
@@ -49,11 +49,25 @@ def _metric_value(summary: dict, split: str) -> float | None:
     return summary.get(split, {}).get(f"{prefix}_{summary['metric']}")
 
 
+def _print_run(what: str, summary: dict, split: str, reused: bool) -> None:
+    """One line per run of an experiment (its Trainer printout goes to the run's train.log)."""
+    if not is_writer():
+        return
+    value = _metric_value(summary, split) if summary.get("metric") else None
+    shown = f"{split} {summary['metric']} {value:.4f}" if isinstance(value, float) else "diverged"
+    print(f"{what}: {summary.get('global_step')} steps, {shown}" + (" (reused)" if reused else ""), flush=True)
+
+
 def _curve(run_dir: str, metric: str) -> list[tuple[int, float]]:
+    """A final run's test curve: its loop evaluations, logged as test_* (eval_* in runs made by earlier versions)."""
     from .plots import read_metrics
 
-    return [(r["step"], r[f"eval_{metric}"]) for r in read_metrics(Path(run_dir) / "metrics.jsonl")
-            if f"eval_{metric}" in r]
+    points = []
+    for r in read_metrics(Path(run_dir) / "metrics.jsonl"):
+        key = next((k for k in (f"test_{metric}", f"eval_{metric}") if k in r), None)
+        if key is not None:
+            points.append((r["step"], r[key]))
+    return points
 
 
 def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: list[float], ratios: list[float],
@@ -85,9 +99,12 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
                                       seed=seeds[0], test_file=None, output_dir=str(out / "tune" / f"{arm}_lr{lr:g}"))
             if tune_max_steps:
                 cfg = dataclasses.replace(cfg, max_steps=tune_max_steps)
-            summary = run_cell(cfg, role="tune")
+            reused = check_reusable(cfg)
+            with run_log(Path(cfg.output_dir) / "train.log"):
+                summary = run_cell(cfg, role="tune")
             tuning[lr] = summary["best_metric"] if summary["best_metric"] is not None else float("nan")
             metrics.add(summary["metric"])
+            _print_run(f"tune  {arm} lr_A {lr:g}", summary, "validation", reused)
         greater = greater_is_better(metrics)
         results["protocol"]["greater_is_better"] = greater
         chosen = _best(tuning, greater)
@@ -95,7 +112,10 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
         for seed in seeds:
             cfg = dataclasses.replace(base, **settings, learning_rate=chosen, loraplus_lr_other=lr_other,
                                       seed=seed, output_dir=str(out / "final" / f"{arm}_seed{seed}"))
-            finals[seed] = (run_cell(cfg, role="final"), cfg.output_dir)
+            reused = check_reusable(cfg)
+            with run_log(Path(cfg.output_dir) / "train.log"):
+                finals[seed] = (run_cell(cfg, role="final"), cfg.output_dir)
+            _print_run(f"final {arm} lr_A {chosen:g} seed {seed}", finals[seed][0], "test", reused)
         metric = next((s["metric"] for s, _ in finals.values() if s["metric"]), None)
         results["arms"][arm] = {
             "ratio": ratio, "lrs": grids[arm], "init": settings["lora_init"], "optimizer": settings["lora_optimizer"],

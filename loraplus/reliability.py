@@ -18,13 +18,13 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 import zipfile
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from .errors import LoraPlusError
+from .files import follow_umask, write_text_atomic
 
 MARKER = "loraplus_checkpoint_complete.json"
 NO_MARKER = "no completion marker: its save was interrupted (or it predates loraplus' markers)"
@@ -131,15 +131,7 @@ def json_text(value, indent: int | None = 1) -> str:
 
 def write_json(path: str | os.PathLike, value, indent: int | None = 1) -> None:
     """Write `value` as strict JSON, atomically (a reader sees the old file or the new one, never half of one)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # open(), not mkstemp: the file follows the umask
-    try:
-        with open(tmp, "w") as f:
-            f.write(json_text(value, indent) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json_text(value, indent) + "\n")
 
 
 # -- completion markers ---------------------------------------------------------------------------------
@@ -153,27 +145,33 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def mark_complete(folder: str | os.PathLike, step: int) -> Path:
-    """Flush every file of `folder` to disk, then write its marker (file -> size) atomically, last."""
+def mark_complete(folder: str | os.PathLike, step: int, run: dict | None = None) -> Path:
+    """Flush every file of `folder` to disk, then write its marker (file -> size) atomically, last.
+
+    run: what trained the checkpoint (settings and data fingerprint), so a resume can refuse other ones.
+    """
     folder = Path(folder)
     files = {}
+    follow_umask(folder.rglob("*"))
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER):
         _fsync(path)
         files[path.relative_to(folder).as_posix()] = path.stat().st_size
     for directory in {p.parent for p in folder.rglob("*")} | {folder}:
         _fsync(directory)  # the directory entries themselves, so no file vanishes after a power cut
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".marker-", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"step": step, "files": files}, f, indent=0)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / MARKER)
+    record = {"step": step, "files": files, **({"run": run} if run is not None else {})}
+    write_text_atomic(folder / MARKER, json_text(record, indent=0))
     _fsync(folder)
     return folder / MARKER
 
 
 class CheckpointCompleteCallback(TrainerCallback):
-    """Write the completion marker into each checkpoint right after the Trainer has saved it (`on_save`)."""
+    """Write the completion marker into each checkpoint right after the Trainer has saved it (`on_save`).
+
+    run: recorded in each marker (`checkpoint_run_record`): the settings and data the checkpoint trained on.
+    """
+
+    def __init__(self, run: dict | None = None):
+        self.run = run
 
     def on_save(self, args, state, control, **kwargs):
         # Every rank writes its own part (rng_state_{rank}.pth; FSDP and DeepSpeed shards), so all of
@@ -181,8 +179,16 @@ class CheckpointCompleteCallback(TrainerCallback):
         wait_for_everyone(args)
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if is_writer() and folder.is_dir():
-            mark_complete(folder, state.global_step)
+            mark_complete(folder, state.global_step, self.run)
         return control
+
+
+def checkpoint_run_record(folder: str | os.PathLike) -> dict | None:
+    """The settings and data fingerprint a checkpoint's marker recorded, or None (no marker, or an older one)."""
+    try:
+        return json.loads((Path(folder) / MARKER).read_text()).get("run")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 # -- validation -------------------------------------------------------------------------------------------

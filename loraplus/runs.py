@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import yaml
 
-from .config import TrainConfig, parse_train_args
+from .config import RUN_ONLY_KEYS, TrainConfig, changed_settings, parse_train_args
 from .errors import LoraPlusError
 from .reliability import is_writer, write_json
 
-# Where a run folder's settings may differ from the experiment asking for it and still be reused.
-RUN_ONLY_KEYS = {"output_dir", "overwrite_output_dir", "resume_from_checkpoint"}
 DIVERGED = "diverged.json"  # in a run folder: the run met a NaN/Inf gradient (its record, so it is not retried)
 
 
@@ -55,11 +60,7 @@ def check_reusable(cfg: TrainConfig) -> bool:
     if not (run / "summary.json").is_file() and not (run / DIVERGED).is_file():
         return False
     saved = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
-    wanted = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))  # the same types as read back from the file
-    # A key newer than the saved run had its default there
-    defaults = yaml.safe_load(yaml.safe_dump(TrainConfig().to_dict()))
-    differ = sorted(k for k in wanted.keys() | saved.keys()
-                    if k not in RUN_ONLY_KEYS and saved.get(k, defaults.get(k)) != wanted.get(k))
+    differ = [key for key, _, _ in changed_settings(saved, cfg, RUN_ONLY_KEYS)]
     if differ:
         raise LoraPlusError(f"{run} holds a finished run with other settings ({', '.join(differ[:3])}); "
                             "use another --output_dir, or delete that folder to retrain it")
@@ -124,31 +125,102 @@ def evaluate_run(run_dir: str, overrides: list[str] = ()) -> dict:
 
     cfg, labels = load_run_config(run_dir, overrides)
     model, tokenizer = load_trained(run_dir, cfg, labels)
-    prepared = prepare_data(cfg, tokenizer, label_names=labels.get("label_names"))
+    # Scoring a given test file needs nothing else: not the training data, not the folder the run was made in.
+    prepared = prepare_data(cfg, tokenizer, label_names=labels.get("label_names"), test_file_only=bool(cfg.test_file))
     if labels.get("label_words"):
         prepared.label_words = labels["label_words"]
     split = "test" if "test" in prepared.splits else "validation"
     evaluation = evaluation_for(cfg, prepared, tokenizer)
-    args = TrainingArguments(output_dir=str(Path(run_dir) / "eval"), per_device_eval_batch_size=
-                             cfg.per_device_eval_batch_size, report_to=[], use_cpu=not _cuda())
+    # The Trainer only evaluates here: its output_dir is never written (a temporary folder, removed after).
+    scratch = tempfile.mkdtemp(prefix="loraplus-eval-")
+    args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+                             report_to=[], use_cpu=not _cuda())
     trainer = Trainer(model=model, args=args, data_collator=collator_for(cfg.task, tokenizer),
                       compute_metrics=evaluation.compute_metrics,
                       preprocess_logits_for_metrics=evaluation.preprocess_logits)
     for noisy in (PrinterCallback, ProgressCallback):  # the CLI prints the metrics once, itself
         trainer.remove_callback(noisy)
-    metrics = score(cfg, model, tokenizer, prepared.splits[split], prepared, trainer, prefix=split)
-    return {"split": split, "examples": len(prepared.splits[split]), **metrics}
+    try:
+        metrics = score(cfg, model, tokenizer, prepared.splits[split], prepared, trainer, prefix=split)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    data = cfg.test_file if split == "test" and cfg.test_file else cfg.validation_file if split == "validation" \
+        and cfg.validation_file else cfg.train_file or cfg.dataset_name
+    result = {"split": split, "data": data, "examples": len(prepared.splits[split]), **metrics}
+    _record_evaluation(Path(run_dir), result)
+    return result
+
+
+EVALUATIONS = "evaluations.jsonl"  # in a run folder: one line per `loraplus eval`, never rewritten
+
+
+def _record_evaluation(run: Path, result: dict) -> None:
+    """Append an evaluation to the run's evaluations.jsonl; a run folder we may not write keeps its printout."""
+    import logging
+
+    from .files import os_error_line
+    from .reliability import json_text
+
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **result}
+    try:
+        with open(run / EVALUATIONS, "a") as f:
+            f.write(json_text(record, indent=None) + "\n")
+    except OSError as e:
+        logging.getLogger("loraplus").warning("metrics not recorded in %s (%s)", run / EVALUATIONS, os_error_line(e))
 
 
 def merge_run(run_dir: str, out_dir: str) -> Path:
     """Write W0 + (alpha/r)·B·A merged into a plain model folder that AutoModel*.from_pretrained loads."""
+    from .files import check_writable, follow_umask, umask_mode
+
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LoraPlusError(f"{out_dir} already holds files; choose an empty or new folder for the merged model")
+    check_writable(out, "merge target")
     cfg, labels = load_run_config(run_dir)
     model, tokenizer = load_trained(run_dir, cfg, labels)
     merged = model.merge_and_unload()
-    out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
+    # Written beside the target, then renamed: a full disk halfway leaves no half model (a 0-byte config.json
+    # would block the rerun and look like a model).
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        tmp.chmod(umask_mode(directory=True))  # mkdtemp makes it private; the model folder follows the umask
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        follow_umask(tmp.rglob("*"))
+        if out.is_dir():
+            out.rmdir()  # empty, checked above
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+@contextlib.contextmanager
+def run_log(path: Path):
+    """Send one run's Trainer printout, info logs and library warnings to its train.log.
+
+    The terminal keeps one line per run; loraplus warnings (a skipped checkpoint, ...) still reach stderr.
+    """
+    if is_writer():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    else:  # every process prints the same: the writer's log is the run's
+        path = Path(os.devnull)
+    logger = logging.getLogger("loraplus")
+    propagate = logger.propagate
+    with open(path, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f), warnings.catch_warnings():
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: f.write(
+            warnings.formatwarning(message, category, filename, lineno, line))
+        to_file, to_terminal = logging.StreamHandler(f), logging.StreamHandler(sys.stderr)
+        to_terminal.setLevel(logging.WARNING)
+        for handler in (to_file, to_terminal):
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            logger.addHandler(handler)
+        logger.propagate = False
+        try:
+            yield
+        finally:
+            logger.propagate = propagate
+            logger.removeHandler(to_file)
+            logger.removeHandler(to_terminal)

@@ -82,11 +82,17 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
     Every process builds the same order: the generator is seeded from `seed` and the epoch that the Trainer
     passes through `set_epoch` (accelerate's `DataLoaderShard.set_epoch` forwards it here), never from the
     global RNG that dropout also draws from, so a resumed run replays each epoch's order exactly.
+
+    max_steps: no block after the run's last step is drawn. Training never reaches them; but a run resumed
+    from its final checkpoint, partway through an epoch, would otherwise train one step more than
+    max_steps (the Trainer checks the limit only after a step), and now finds its epoch used up.
     """
 
-    def __init__(self, lengths: list[int], global_batch: int, seed: int, *, group_by_length: bool = False):
+    def __init__(self, lengths: list[int], global_batch: int, seed: int, *, group_by_length: bool = False,
+                 max_steps: int | None = None):
         self.lengths, self.global_batch, self.seed = lengths, global_batch, seed
         self.group_by_length = group_by_length
+        self.max_steps = max_steps if max_steps and max_steps > 0 else None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -98,8 +104,14 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         if self.group_by_length:
-            return iter(get_length_grouped_indices(self.lengths, self.global_batch, generator=generator))
-        return iter(sorted_within_batches(self.lengths, self.global_batch, generator))
+            order = get_length_grouped_indices(self.lengths, self.global_batch, generator=generator)
+        else:
+            order = sorted_within_batches(self.lengths, self.global_batch, generator)
+        if self.max_steps is not None:
+            steps_per_epoch = -(-len(self.lengths) // self.global_batch)
+            steps_left = max(self.max_steps - self.epoch * steps_per_epoch, 0)
+            order = order[:steps_left * self.global_batch]
+        return iter(order)
 
 
 def _loss_items(labels: torch.Tensor) -> int:
@@ -161,7 +173,7 @@ class SortedWithinBatchesMixin:
         args = self.args
         global_batch = args.train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
         seed = args.data_seed if args.data_seed is not None else args.seed
-        return GlobalBatchSampler(lengths, global_batch, seed, group_by_length=grouped)
+        return GlobalBatchSampler(lengths, global_batch, seed, group_by_length=grouped, max_steps=args.max_steps)
 
     def _micro_batches(self, inputs: dict) -> list[dict]:
         mask, labels = inputs.get("attention_mask"), inputs.get("labels")

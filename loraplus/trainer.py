@@ -13,7 +13,6 @@ DPOConfig gives the defaults below). It needs `pip install trl`; this module nev
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,27 +124,37 @@ class LoraPlusTrainer(LoraPlusMixin, Trainer):
 class JsonlMetricsCallback(TrainerCallback):
     """Append every Trainer log (loss, eval metrics) to a JSON Lines file, with the A and B group lrs.
 
-    The Trainer's own "learning_rate" is the first group's; LoRA+ has two that matter, so both are
-    read from the optimizer's named groups at the moment of logging. Rank 0 writes alone.
+    The Trainer's own "learning_rate" is the first group's; LoRA+ has two that matter, so both are read
+    from the optimizer's named groups right after the optimizer step, before the scheduler moves them:
+    the lrs that step used, which is what the Trainer logs as its learning rate. Rank 0 writes alone.
+
+    The file is only ever appended to. A run resumed from checkpoint-N appends a record
+    `{"step": N, "resumed_from": "checkpoint-N"}` and replays the steps after N; `plots.read_metrics`
+    reads the history as the resumed run made it (records after step N logged before the resume give
+    way to the replayed ones), and the raw lines keep everything that was logged.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, resumed_from: str | None = None):
         self.path = path
+        self.resumed_from = resumed_from
         self._lrs: dict[str, float] = {}
         self._trained = False
 
     def on_train_begin(self, args, state, control, **kwargs):
-        # A run resumed from checkpoint-N replays the steps after N: drop their records (and the end-of-
-        # training record, logged after the last save) so each step is in the file once. A fresh run
-        # (step 0) starts the file empty.
         path = Path(self.path)
-        if is_writer() and path.is_file():
-            lines = path.read_text().splitlines()
-            kept = [line for line in lines if state.global_step > 0 and _keep_record(line, state.global_step)]
-            if len(kept) < len(lines):
-                path.write_text("".join(line + "\n" for line in kept))
+        if not is_writer():
+            return
+        if not self.resumed_from or not path.is_file():  # a fresh run starts the file empty
+            path.write_text("")
+            return
+        ends_cleanly = path.stat().st_size == 0 or path.read_bytes()[-1:] == b"\n"
+        with open(path, "a") as f:
+            if not ends_cleanly:  # a line torn by the crash stays its own (unreadable) line
+                f.write("\n")
+            f.write(json_text({"step": state.global_step, "resumed_from": Path(self.resumed_from).name},
+                              indent=None) + "\n")
 
-    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if optimizer is not None:
             self._lrs = {g.get("name"): g["lr"] for g in optimizer.param_groups}
 
@@ -165,12 +174,3 @@ class JsonlMetricsCallback(TrainerCallback):
             record["lr_B"] = self._lrs.get("lora_B")
         with open(self.path, "a") as f:
             f.write(json_text(record, indent=None) + "\n")
-
-
-def _keep_record(line: str, step: int) -> bool:
-    """Whether a metrics.jsonl line survives a resume from `step`: logged at or before it, not a run summary."""
-    try:
-        record = json.loads(line)
-    except ValueError:  # a line cut short by the crash
-        return False
-    return record.get("step", 0) <= step and "train_runtime" not in record and "after_training" not in record

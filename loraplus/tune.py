@@ -26,21 +26,16 @@ reused, so an interrupted tune continues where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import math
-import os
 import re
 import shutil
-import sys
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from .config import TrainConfig, lr_grid, parse_floats, parse_train_args, split_flags
 from .errors import LoraPlusError
-from .runs import check_reusable, greater_is_better, run_cell
+from .runs import check_reusable, greater_is_better, run_cell, run_log
 from .reliability import is_writer, write_json
 
 RATIOS = (1, 2, 4, 8, 16, 32)  # default ratio grid: plain LoRA up to twice the paper's 2^4
@@ -151,7 +146,7 @@ def tune(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir
         cfg = dataclasses.replace(tuning, learning_rate=cell[0], loraplus_lr_ratio=cell[1], max_steps=steps,
                                   eval_steps=steps, output_dir=str(run_dir))
         reused = check_reusable(cfg)
-        with _run_log(run_dir / "train.log"):
+        with run_log(run_dir / "train.log"):
             summary = run_cell(cfg, role="tune")
         for checkpoint in run_dir.glob("checkpoint-*"):  # only needed to resume the run mid-way
             shutil.rmtree(checkpoint, ignore_errors=True)
@@ -259,35 +254,6 @@ def _validation_value(summary: dict) -> float | None:
     """The run's validation metric, measured on the model it delivers (None if it diverged)."""
     value = summary.get("validation", {}).get(f"eval_{summary['metric']}", summary.get("best_metric"))
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-@contextlib.contextmanager
-def _run_log(path: Path):
-    """Send one run's Trainer printout, info logs and library warnings to its train.log.
-
-    The terminal keeps one line per run; loraplus warnings (a skipped checkpoint, ...) still reach stderr.
-    """
-    if is_writer():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    else:  # every process prints the same: the writer's log is the run's
-        path = Path(os.devnull)
-    logger = logging.getLogger("loraplus")
-    propagate = logger.propagate
-    with open(path, "a", encoding="utf-8") as f, contextlib.redirect_stdout(f), warnings.catch_warnings():
-        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: f.write(
-            warnings.formatwarning(message, category, filename, lineno, line))
-        to_file, to_terminal = logging.StreamHandler(f), logging.StreamHandler(sys.stderr)
-        to_terminal.setLevel(logging.WARNING)
-        for handler in (to_file, to_terminal):
-            handler.setFormatter(logging.Formatter("%(message)s"))
-            logger.addHandler(handler)
-        logger.propagate = False
-        try:
-            yield
-        finally:
-            logger.propagate = propagate
-            logger.removeHandler(to_file)
-            logger.removeHandler(to_terminal)
 
 
 def table(result: dict) -> str:

@@ -1,6 +1,7 @@
 """The `loraplus` CLI end to end, in-process, on tiny local models: outputs, reload, merge, bad input."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,7 +41,59 @@ def test_metrics_log_a_and_b_lrs_at_ratio(classifier_run):
     rows = [json.loads(line) for line in (classifier_run / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "lr_A" in r]
     assert len(logged) == 4 and all(r["lr_B"] == pytest.approx(8 * r["lr_A"]) for r in logged)
+    assert all(r["lr_A"] == r["learning_rate"] for r in logged)  # the same moment as the Trainer's own
     assert any("eval_accuracy" in r for r in rows)
+
+
+def test_summary_holds_final_and_best_evaluations(classifier_run):
+    """summary.json has the loop's evaluation at the last step and at the best checkpoint, and says the
+    top-level adapter is the best one, whose validation scores it reports."""
+    s = json.loads((classifier_run / "summary.json").read_text())
+    final, best = s["evaluations"]["final"], s["evaluations"]["best"]
+    assert final["step"] == s["global_step"] == 4
+    assert s["best_checkpoint"].endswith(f"checkpoint-{best['step']}") and s["adapter"] == "best"
+    assert best["eval_accuracy"] == s["validation"]["eval_accuracy"] == s["best_metric"]
+
+
+def test_model_card_names_the_base_model(classifier_run, bert_dir):
+    """The adapter's model card and config name the base model: a folder by its absolute path (an alias by
+    its hub id: test_demo_code_path_tiny_budget)."""
+    from loraplus.models import base_model_name
+
+    card = (classifier_run / "README.md").read_text()
+    assert f"base_model: {Path(bert_dir).absolute()}" in card
+    adapter = json.loads((classifier_run / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(Path(bert_dir).absolute())
+    assert base_model_name("minilm") == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+
+def test_eval_from_another_folder_needs_only_the_test_file(tmp_path, bert_dir, sentiment, monkeypatch, capsys):
+    """A run trained with relative paths is scored from another folder, after its training data is gone:
+    the metrics are printed and appended to evaluations.jsonl, and no folder is left in the run."""
+    import shutil
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("train", "dev", "test"):
+        shutil.copy(sentiment[name], work / f"{name}.csv")
+    monkeypatch.chdir(work)
+    assert main(["train", "--model_name_or_path", bert_dir, "--train_file", "train.csv", "--validation_file",
+                 "dev.csv", *common("run")]) == 0
+    before = {p.name for p in (work / "run").iterdir()}
+    (work / "train.csv").unlink()
+    (work / "dev.csv").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["eval", str(work / "run"), "--test_file", str(work / "test.csv")]) == 0
+    printed = dict(line.split(": ") for line in capsys.readouterr().out.splitlines())
+    assert printed["split"] == "test" and 0 <= float(printed["test_accuracy"]) <= 1
+    record = json.loads((work / "run" / "evaluations.jsonl").read_text().splitlines()[-1])
+    assert record["data"] == str(work / "test.csv") and record["test_accuracy"] == float(printed["test_accuracy"])
+    assert {p.name for p in (work / "run").iterdir()} == before | {"evaluations.jsonl"}
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_summary_fields(classifier_run):
@@ -142,6 +195,13 @@ def test_demo_code_path_tiny_budget(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "LoRA+" in out and "test acc" in out
     assert (tmp_path / "lora_vs_loraplus.png").stat().st_size > 0
+    # the packaged MiniLM: the card names the hub model, not the package folder it loaded from
+    from loraplus.models import resolve_model
+
+    for card in tmp_path.glob("*/README.md"):
+        text = card.read_text()
+        assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in text and resolve_model("minilm") not in text
+    assert len(list(tmp_path.glob("*/README.md"))) == 2
 
 
 def test_feature_learning_monitor_and_diagnose(tmp_path, bert_dir, sentiment, capsys):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -27,9 +28,25 @@ def one_line_error(fn, *args):
 
 
 def test_defaults_are_valid():
-    """The default config validates, and parsing no arguments gives exactly the defaults."""
+    """The default config validates, and parsing no arguments gives exactly the defaults, the output folder
+    as an absolute path (a run's config.yaml must work from any folder)."""
     TrainConfig().validate()
-    assert parse_train_args([]) == TrainConfig()
+    assert parse_train_args([]) == dataclasses.replace(TrainConfig(), output_dir=os.path.abspath("loraplus-output"))
+
+
+def test_local_paths_are_stored_absolute_and_names_are_not(tmp_path, monkeypatch):
+    """Relative data files, output folder and model folder become absolute; an alias, a hub id and a built-in
+    dataset stay names, even when a folder of that name exists here."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-model").mkdir()
+    (tmp_path / "minilm").mkdir()
+    cfg = parse_train_args(["--model_name_or_path", "my-model", "--train_file", "data/train.csv", "--test_file",
+                            "~/test.csv", "--output_dir", "out"])
+    assert cfg.model_name_or_path == str(tmp_path / "my-model") and cfg.train_file == str(tmp_path / "data/train.csv")
+    assert cfg.test_file == os.path.expanduser("~/test.csv") and cfg.output_dir == str(tmp_path / "out")
+    assert parse_train_args(["--model_name_or_path", "minilm"]).model_name_or_path == "minilm"
+    assert parse_train_args(["--model_name_or_path", "org/model"]).model_name_or_path == "org/model"
+    assert parse_train_args([]).dataset_name == "rotten_tomatoes"
 
 
 def test_import_loads_no_heavy_library():

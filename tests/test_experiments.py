@@ -39,11 +39,29 @@ def test_lr_never_chosen_on_test(compared):
 
 
 def test_compare_resumes_finished_runs(compared, capsys):
-    """Running compare again reuses every finished run: no run folder is retrained."""
+    """Running compare again reuses every finished run: no run folder is retrained, and each run says so in
+    one line (its Trainer printout goes to the run's train.log)."""
     out, argv = compared
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/summary.json")}
+    capsys.readouterr()
     assert main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/*/summary.json")} == stamps
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("tune ", "final "))]
+    assert len(lines) == 8 and all(line.endswith("(reused)") for line in lines), lines
+    assert sum(" seed " in line and "test accuracy" in line for line in lines) == 4
+
+
+def test_final_runs_log_test_scores_as_test_and_choose_no_checkpoint(compared):
+    """A final run's evaluations are of the test split and logged as test_*, never as eval_*; no checkpoint
+    is picked by them (the adapter is the last step's)."""
+    out, _ = compared
+    for run in (out / "final").iterdir():
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert any("test_accuracy" in r for r in rows) and not any("eval_accuracy" in r for r in rows
+                                                                   if not r.get("after_training"))
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["adapter"] == "final" and summary["best_checkpoint"] is None
+        assert summary["evaluations"]["best"] is None and summary["evaluations"]["final"]["step"] == 4
 
 
 def test_heads_share_one_lr_across_arms(compared):

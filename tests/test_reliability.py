@@ -144,14 +144,21 @@ def test_damaged_checkpoint_skipped_with_one_warning(interrupted):
 
 
 def test_metrics_hold_each_record_once(reference, interrupted):
-    """metrics.jsonl of the resumed run holds the uninterrupted run's records, each once, same values."""
+    """read_metrics of the resumed run gives the uninterrupted run's records, each once, same values; the
+    file itself lost nothing: each resume appended its resumed_from record after every line logged so far."""
+    from loraplus.plots import read_metrics
+
     def records(run):
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         # wall-clock fields differ; train_loss averages over the last train() call only (the Trainer's rule)
         return [{k: v for k, v in r.items() if "runtime" not in k and "per_second" not in k and k != "train_loss"}
-                for r in rows]
+                for r in read_metrics(run / "metrics.jsonl")]
 
     assert records(interrupted["out"]) == records(reference)
+    lines = (interrupted["out"] / "metrics.jsonl").read_text().splitlines()
+    resumes = [json.loads(line) for line in lines if '"resumed_from"' in line]
+    assert len(resumes) == len(KILLS)
+    assert all(r["resumed_from"] == f"checkpoint-{r['step']}" for r in resumes)
+    assert len(lines) > len((reference / "metrics.jsonl").read_text().splitlines()) + len(KILLS)
 
 
 def damage_marker(folder):

@@ -171,9 +171,9 @@ def tuned(tmp_path_factory, bert_dir, sentiment):
     argv = ["tune", "--model_name_or_path", bert_dir, "--train_file", sentiment["train"],
             "--validation_file", sentiment["dev"], "--test_file", str(root / "test-never-read.csv"),
             "--output_dir", str(root / "out"), "--lrs", "2e-3", "--ratios", "1,16", "--budget", "4", *FAST]
-    opened, load_file = [], data._load_file
+    opened, load_file = [], data.load_file
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(data, "_load_file", lambda path, *args: opened.append(str(path)) or load_file(path, *args))
+        mp.setattr(data, "load_file", lambda path, *args: opened.append(str(path)) or load_file(path, *args))
         assert main(argv) == 0
     return root / "out", argv, opened
 
