@@ -588,7 +588,9 @@ def main(argv=None) -> int:
     gflops = statistics.mean(rates)
     n = runs[arms[0]][0]["non_embedding_params"]
     results = {
-        "model": MODEL, "model_path": model_path(), "threads": torch.get_num_threads(), "steps": args.steps,
+        # the home folder as "~": results name no folder of the machine they ran on
+        "model": MODEL, "model_path": model_path().replace(str(Path.home()), "~"),
+        "threads": torch.get_num_threads(), "steps": args.steps,
         "repeats": args.repeats, "batch": args.batch, "packing_rows": args.packing_rows or args.batch,
         "max_length": args.max_length, "seed": args.seed,
         "learning_rate": LR, "warmup_ratio": WARMUP, "lr_scheduler_type": "linear", "optim": args.optim,
