@@ -13,27 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=runs/paper_regime/mnli
 kept=results/paper_regime/mnli/runs
-here=$(pwd); above=$(dirname "$here")
-keep() {  # the small files of each finished run (an unfinished one has no summary.json yet)
-  for done in "$runs"/*/*/summary.json "$runs"/*/*/diverged.json; do
-    [ -f "$done" ] || continue
-    dir=$(dirname "$done"); rel=${dir#"$runs"/}
-    mkdir -p "$kept/$rel"
-    for f in config.yaml summary.json diverged.json metrics.jsonl; do
-      # runs store absolute paths; the kept copies name them from the checkout (read back against it)
-      [ -f "$dir/$f" ] && sed -e "s#$here/#./#g" -e "s#$above/#../#g" "$dir/$f" > "$kept/$rel/$f"
-    done
-  done
-}
-if [ -d "$kept" ]; then  # a fresh checkout: finished runs come back from the results
-  for dir in "$kept"/*/*; do
-    [ -d "$dir" ] || continue
-    rel=${dir#"$kept"/}
-    [ -e "$runs/$rel/summary.json" ] || [ -e "$runs/$rel/diverged.json" ] || { mkdir -p "$runs/$rel"; cp "$dir"/* "$runs/$rel/"; }
-  done
-fi
-( while sleep 60; do keep; done ) & keeper=$!
-trap 'kill $keeper 2>/dev/null; keep' EXIT
+. benchmarks/kept_runs.sh
+restore_runs "$runs" "$kept"
+( while sleep 60; do keep_runs "$runs" "$kept"; done ) & keeper=$!
+trap 'kill $keeper 2>/dev/null; keep_runs "$runs" "$kept"' EXIT
 .venv/bin/loraplus compare results/paper_regime/mnli.yaml --seeds 1,2,3 --tune_max_steps 250 \
   --methods lora,loraplus_init2,loraplus,riemannian \
   --lrs_lora 1e-3,3e-3,1e-2 --lrs_riemannian 1e-3,3e-3,1e-2 \

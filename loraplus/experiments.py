@@ -274,7 +274,10 @@ def sweep(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_di
         for ratio in ratios:
             cfg = dataclasses.replace(base, learning_rate=lr, loraplus_lr_ratio=ratio, loraplus_lr_other=lr_other,
                                       output_dir=str(out / f"lr{lr:g}_ratio{ratio:g}"))
-            summary = run_cell(cfg, role="tune")
+            reused = check_reusable(cfg)
+            with run_log(Path(cfg.output_dir) / "train.log"):
+                summary = run_cell(cfg, role="tune")
+            _print_run(f"lr_A {lr:g} ratio {ratio:g}", summary, "validation", reused)
             cells.append({"lr_A": lr, "ratio": ratio, "lr_B": lr * ratio, "metric": summary["metric"],
                           "value": _final_value(cfg.output_dir, summary), "best": summary["best_metric"],
                           "diverged": "diverged" in summary})
