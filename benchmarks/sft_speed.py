@@ -94,6 +94,7 @@ import json
 import os
 import platform
 import statistics
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -394,7 +395,8 @@ def loraplus_argv(out: Path) -> list[str]:
             "--weight_decay", "0", "--optim", ARGS.optim, "--seed", str(ARGS.seed), "--logging_steps", "1",
             "--report_to", "none", "--bf16", "false",
             # train alone, as the baselines: no evaluation or checkpoint inside the timing
-            "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
+            "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+            *shlex.split(ARGS.loraplus_args or "")]
 
 
 def loraplus_arm(out: Path, meter: StepMeter) -> dict:
@@ -451,6 +453,8 @@ def run_arm_in_fresh_process(arm: str, repeat: int, args) -> dict:
                    "--packing_rows", str(args.packing_rows or args.batch)]
         if args.trainer_order:
             command.append("--trainer_order")
+        if args.loraplus_args:
+            command.append(f"--loraplus_args={args.loraplus_args}")
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}  # what `loraplus` sets; the same for every arm
         with open(log, "w") as f:
             done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, env=env)
@@ -547,6 +551,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lora_dropout", type=float, default=0.0)
     parser.add_argument("--trainer_order", action="store_true",
                         help="baselines draw batches in their Trainer's own random order, not loraplus'")
+    parser.add_argument("--loraplus_args", default="",
+                        help="more `loraplus train` flags for the loraplus arm, e.g. '--length_micro_batch_cost 512'")
     parser.add_argument("--work", type=Path, default=Path("bench-runs/sft_speed"))
     parser.add_argument("--out", type=Path, default=Path("results/sft_speed/sft_speed.json"))
     # internal: run one arm in this process and write its result
@@ -595,7 +601,7 @@ def main(argv=None) -> int:
         "max_length": args.max_length, "seed": args.seed,
         "learning_rate": LR, "warmup_ratio": WARMUP, "lr_scheduler_type": "linear", "optim": args.optim,
         "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "dropout": args.lora_dropout, "target_modules": TARGET_MODULES},
-        "loraplus_lr_ratio": 1, "precision": "float32", "data": data,
+        "loraplus_lr_ratio": 1, "loraplus_args": args.loraplus_args, "precision": "float32", "data": data,
         "data_order": "the Trainer's own" if args.trainer_order else "loraplus' batches (packing: TRL's own)",
         "timed": "end of optimizer step 1 to end of the last step (steps 2..N), per a TrainerCallback in every arm",
         "flops_convention": "4 x non-embedding params x real tokens per step (train_speed.py)",
