@@ -105,6 +105,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sft_mixture import build_mixture, write_jsonl  # noqa: E402  (the benchmark folder is not a package)
+from train_speed import matmul_gflops  # noqa: E402  (one measure of the matmul rate for both benchmarks)
 
 MODEL = "smollm2-135m"
 LR, WARMUP = 2e-4, 0.06  # transformers 5: a fractional warmup_steps is the warmup ratio
@@ -119,18 +120,6 @@ ARMS = {
     "trl_packing": "TRL SFTTrainer, packing=True (bfd), rows of max_length",
     "peft_trainer": "PEFT + Trainer, dynamic padding",
 }
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Median float32 matmul rate of this machine, GFLOP/s (as train_speed.py)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 # ---------------------------------------------------------------------------------------------- data
