@@ -147,7 +147,9 @@ class JsonlMetricsCallback(TrainerCallback):
         if not self.resumed_from or not path.is_file():  # a fresh run starts the file empty
             path.write_text("")
             return
-        ends_cleanly = path.stat().st_size == 0 or path.read_bytes()[-1:] == b"\n"
+        with open(path, "rb") as f:  # only the last byte: does the file end with a whole line?
+            f.seek(0, 2)
+            ends_cleanly = f.tell() == 0 or (f.seek(-1, 2), f.read(1))[1] == b"\n"
         with open(path, "a") as f:
             if not ends_cleanly:  # a line torn by the crash stays its own (unreadable) line
                 f.write("\n")
