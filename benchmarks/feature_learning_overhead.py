@@ -37,8 +37,8 @@ def train_seconds(steps: int, every: int | None, batch: int = 16) -> tuple[float
     """(CPU, wall, monitor CPU) seconds of `trainer.train()`, monitor every `every` steps (None: off)."""
     from transformers import PrinterCallback
 
-    from loraplus.diagnostics import attach_feature_learning
-    from loraplus.trainer import LoraPlusTrainer, LoraPlusTrainingArguments
+    from loraplus.train.feature_learning import attach_feature_learning
+    from loraplus.core.trainer import LoraPlusTrainer, LoraPlusTrainingArguments
 
     ids = torch.randint(0, 512, (steps * batch, 64), generator=torch.Generator().manual_seed(0))
     data = [{"input_ids": row, "labels": row} for row in ids]

@@ -5,7 +5,7 @@
 
 Offline and deterministic: the same files and seed give the same bytes. From each task's training split
 (GLUE's mnli, qnli, qqp and sst2 as jsonl with text / text_pair / label under --glue; Rotten Tomatoes as the
-CLI's built-in `rotten_tomatoes`, loraplus.data._rotten_tomatoes_frame) `--per_task` examples are drawn at
+CLI's built-in `rotten_tomatoes`, loraplus.train.data._rotten_tomatoes_frame) `--per_task` examples are drawn at
 random; each gets one of the task's instruction templates (four per task, Flan-style: different phrasings,
 some listing the options) and one of three response styles: the bare answer (a label word or the option's
 text), a short sentence stating it, or a sentence with a brief justification (a per-label template that may
@@ -143,7 +143,7 @@ def _read_glue(glue: Path, task: str) -> list[tuple[str, str | None, str]]:
 
 
 def _read_rotten_tomatoes() -> list[tuple[str, None, str]]:
-    from loraplus.data import _rotten_tomatoes_frame
+    from loraplus.train.data import _rotten_tomatoes_frame
 
     frame = _rotten_tomatoes_frame()
     return [(str(t), None, str(int(y))) for t, y in zip(frame["text"], frame["label"])]

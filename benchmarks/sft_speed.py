@@ -6,7 +6,7 @@
         [--out results/sft_speed/sft_speed.json]
 
 A CPU benchmark (float32). Every arm trains SmolLM2-135M-Instruct (the CLI alias `smollm2-135m`: the very
-folder `loraplus.models.resolve_model` converts from the packaged GGUF, weights and tokenizer alike) on the
+folder `loraplus.train.models.resolve_model` converts from the packaged GGUF, weights and tokenizer alike) on the
 same data, with the same LoRA (r=8, alpha=16, dropout 0 by default, on q_proj,k_proj,v_proj,o_proj), the same
 batch, max_length, steps, seed, optimizer (adamw_torch, weight decay 0, gradient clipping at 1), learning rate
 (2e-4) and schedule (linear, 6% warmup), in float32 without gradient checkpointing, logging every step, no
@@ -56,7 +56,7 @@ followed by the generation prompt `<|im_start|>assistant\\n`, and the completion
 
 Every arm's loss is the mean over the step's completion tokens (the Trainer's num_items_in_batch).
 Data order: the non-packing baselines draw the same batches as `loraplus train` (its sampler's seeded
-permutation cut into batches, loraplus.sampling.sorted_within_batches), so at every step they see the same
+permutation cut into batches, loraplus.speed.sampling.sorted_within_batches), so at every step they see the same
 examples and their real-token counts and losses can be compared step by step; `--trainer_order` gives them
 their Trainer's own random order instead (tokens/s still compares, per-step counts no longer agree).
 With LoRA dropout 0 and SmolLM2 without dropout, step 1 (B = 0: the base model) must give the same loss in
@@ -126,7 +126,7 @@ ARMS = {
 
 
 def model_path() -> str:
-    from loraplus.models import resolve_model
+    from loraplus.train.models import resolve_model
 
     return resolve_model(MODEL)
 
@@ -303,7 +303,7 @@ def same_order(trainer_cls):
     """`trainer_cls` drawing loraplus' batches: its seeded permutation cut into batches, each sorted by length."""
     if ARGS.trainer_order:
         return trainer_cls
-    from loraplus.sampling import sorted_within_batches
+    from loraplus.speed.sampling import sorted_within_batches
 
     class SameOrder(trainer_cls):
         def _get_train_sampler(self, train_dataset=None):

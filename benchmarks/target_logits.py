@@ -5,7 +5,7 @@
 Builds the MNLI label-word batches `loraplus train --task label_words` trains on (results/glue/mnli_smollm2.yaml:
 prompt, one answer token per example, batch 8), attaches LoRA (r=8, q_proj and v_proj), and times one forward
 and backward per batch both ways, alternating, on the same batches: with full logits (what the model does by
-default) and with `logits_to_keep` at the target positions (loraplus.target_logits); then the same for an
+default) and with `logits_to_keep` at the target positions (loraplus.speed.target_logits); then the same for an
 evaluation forward (no gradients). Reports the median time of each and their ratio, and checks that the two
 losses agree.
 """
@@ -24,8 +24,8 @@ import torch
 def label_word_batches(model_path: str, data: Path, n_batches: int, batch_size: int):
     from datasets import DatasetDict, load_dataset
 
-    from loraplus.data import _LMCollator, prepare_label_words
-    from loraplus.models import load_tokenizer
+    from loraplus.train.data import _LMCollator, prepare_label_words
+    from loraplus.train.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_path)
     raw = load_dataset("json", data_files={"train": str(data / "train.jsonl")})["train"]
@@ -46,8 +46,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=8)
     args = parser.parse_args(argv)
 
-    from loraplus.models import attach_lora, load_model, resolve_model
-    from loraplus.target_logits import with_target_positions
+    from loraplus.train.models import attach_lora, load_model, resolve_model
+    from loraplus.speed.target_logits import with_target_positions
 
     path = resolve_model(args.model)
     batches = label_word_batches(path, args.data, args.repeats + 1, args.batch_size)

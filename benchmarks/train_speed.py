@@ -109,8 +109,8 @@ def baseline(data: Path, out: Path, model: str, *, pad_to_max: bool, max_steps: 
 
 def loraplus_run(data: Path, out: Path, model: str, *, max_steps: int, seed: int, extra: list[str] = ()) -> dict:
     """`loraplus train` with the same settings (ratio 1: plain LoRA, same algorithm as the baselines)."""
-    from loraplus.config import parse_train_args
-    from loraplus.pipeline import train
+    from loraplus.train.config import parse_train_args
+    from loraplus.train.pipeline import train
 
     argv = ["--model_name_or_path", model, "--train_file", str(data / "train.jsonl"),
             "--validation_file", str(data / "dev.jsonl"), "--text_pair_column", "text_pair",
@@ -129,7 +129,7 @@ def loraplus_run(data: Path, out: Path, model: str, *, max_steps: int, seed: int
 def non_embedding_params() -> int:
     from transformers import AutoModel
 
-    from loraplus.models import resolve_model
+    from loraplus.train.models import resolve_model
 
     model = AutoModel.from_pretrained(resolve_model("minilm"))
     embed = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
@@ -163,7 +163,7 @@ def run_arm(arm: str, data: Path, work: Path, model: str, *, max_steps: int, see
 
 def model_without_dropout(work: Path) -> str:
     """A folder that loads as minilm with its dropout off: the weights linked, the config edited."""
-    from loraplus.models import resolve_model
+    from loraplus.train.models import resolve_model
 
     source, folder = Path(resolve_model("minilm")), work / "minilm-no-dropout"
     folder.mkdir(parents=True, exist_ok=True)

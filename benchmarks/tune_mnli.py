@@ -45,8 +45,8 @@ def base_flags(data: Path, head_lr: float, extra: list[str]) -> list[str]:
 
 def final_run(tuned_config: str, work: Path, final_steps: int | None) -> dict:
     """Train the tuned config as `loraplus train` does (best checkpoint on validation); its dev accuracy."""
-    from loraplus.config import parse_train_args
-    from loraplus.runs import train_or_reuse
+    from loraplus.train.config import parse_train_args
+    from loraplus.train.runs import train_or_reuse
 
     cfg = parse_train_args([tuned_config])
     name = f"lr{cfg.learning_rate:g}_ratio{cfg.loraplus_lr_ratio:g}"  # the same pick trains once

@@ -8,7 +8,7 @@ import re
 import sys
 import warnings
 
-from .errors import LoraPlusError
+from loraplus.core.errors import LoraPlusError
 
 USAGE = """usage: loraplus <command> [args]
 
@@ -30,6 +30,26 @@ commands:
                                           over (lr_A, lr_B) per width, cells within 1% of the best marked
   diagnose RUN_DIR [RUN_DIR ...]          delta_A vs delta_B over training (needs --feature_learning_steps)
 """
+
+
+def missing_cli_packages() -> list[str]:
+    """The packages of pyproject's cli extra that are not installed (`pip install loraplus` leaves them out)."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    try:
+        requirements = [Requirement(r) for r in importlib.metadata.requires("loraplus") or []]
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return []
+    missing = []
+    for req in requirements:
+        if req.marker is not None and req.marker.evaluate({"extra": "cli"}) and not req.marker.evaluate({"extra": ""}):
+            try:
+                importlib.metadata.distribution(req.name)
+            except importlib.metadata.PackageNotFoundError:
+                missing.append(req.name)
+    return missing
 
 
 def _setup_logging() -> None:
@@ -55,14 +75,14 @@ def _setup_logging() -> None:
 
 
 def _train(argv: list[str]) -> int:
-    from .config import parse_train_args, train_help
+    from loraplus.train.config import parse_train_args, train_help
 
     if any(a in ("-h", "--help") for a in argv):
         print(train_help())
         return 0
     cfg = parse_train_args(argv)
-    from .pipeline import train
-    from .reliability import is_writer
+    from loraplus.train.pipeline import train
+    from loraplus.train.distributed import is_writer
 
     try:
         summary = train(cfg)
@@ -80,7 +100,7 @@ def _resume_hint(output_dir: str, argv: list[str]) -> str:
     """What to run after Ctrl-C: the same command resuming from the newest whole checkpoint, if there is one."""
     import shlex
 
-    from .reliability import latest_valid_checkpoint
+    from loraplus.train.reliability import latest_valid_checkpoint
 
     kept, _ = latest_valid_checkpoint(output_dir)
     if kept is None:
@@ -109,7 +129,7 @@ def _print_summary(output_dir: str, summary: dict) -> None:
 def _eval(argv: list[str]) -> int:
     if not argv or argv[0].startswith("-"):
         raise LoraPlusError("usage: loraplus eval RUN_DIR [--test_file F | --dataset_name D] [--key value ...]")
-    from .runs import evaluate_run
+    from loraplus.train.runs import evaluate_run
 
     metrics = evaluate_run(argv[0], argv[1:])
     for key, value in metrics.items():
@@ -120,44 +140,44 @@ def _eval(argv: list[str]) -> int:
 def _merge(argv: list[str]) -> int:
     if len(argv) != 2:
         raise LoraPlusError("usage: loraplus merge RUN_DIR OUT_DIR")
-    from .runs import merge_run
+    from loraplus.train.runs import merge_run
 
     print(f"merged model written to {merge_run(argv[0], argv[1])}")
     return 0
 
 
 def _demo(argv: list[str]) -> int:
-    from .demo import parse_demo_args, run_demo
+    from loraplus.experiments.demo import parse_demo_args, run_demo
 
     return run_demo(**parse_demo_args(argv))
 
 
 def _toy(argv: list[str]) -> int:
-    from .toy import main_toy
+    from loraplus.experiments.toy import main_toy
 
     return main_toy(argv)
 
 
 def _diagnose(argv: list[str]) -> int:
-    from .diagnostics import main_diagnose
+    from loraplus.experiments.diagnose import main_diagnose
 
     return main_diagnose(argv)
 
 
 def _compare(argv: list[str]) -> int:
-    from .experiments import main_compare
+    from loraplus.experiments.compare import main_compare
 
     return main_compare(argv)
 
 
 def _sweep(argv: list[str]) -> int:
-    from .experiments import main_sweep
+    from loraplus.experiments.compare import main_sweep
 
     return main_sweep(argv)
 
 
 def _tune(argv: list[str]) -> int:
-    from .tune import main_tune
+    from loraplus.experiments.tune import main_tune
 
     return main_tune(argv)
 
@@ -196,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         if argv[0] in ("compare", "sweep"):
             print("--key value: any `loraplus train` key (`loraplus train --help` lists them)")
         return 0
+    missing = missing_cli_packages()
+    if missing:
+        print(f"error: the loraplus command needs the application's packages ({', '.join(missing)} missing); "
+              "install them with: pip install 'loraplus[cli]'", file=sys.stderr)
+        return 2
     _setup_logging()
     try:
         return command(argv[1:])
@@ -203,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk, a read-only folder, ...: the user's to fix, like a bad config
-        from .files import os_error_line
+        from loraplus.train.files import os_error_line
 
         print(f"error: {' '.join(os_error_line(e).splitlines())}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ except ModuleNotFoundError as error:
 # After the TRL check, so that a missing TRL is reported before anything heavy is imported.
 from packaging.version import Version  # noqa: E402
 
-from .trainer import LoraPlusArguments, LoraPlusMixin  # noqa: E402
+from loraplus.core.trainer import LoraPlusArguments, LoraPlusMixin  # noqa: E402
 
 if Version(trl.__version__) < Version(TRL_FLOOR):
     raise ImportError(f"loraplus.trl needs trl>={TRL_FLOOR}, found {trl.__version__}: "

@@ -72,7 +72,7 @@ def names_by_group():
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from loraplus.models import load_tokenizer, resolve_model
+    from loraplus.train.models import load_tokenizer, resolve_model
 
     return load_tokenizer(resolve_model("minilm"))  # packaged, local, fast
 

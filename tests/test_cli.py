@@ -58,7 +58,7 @@ def test_summary_holds_final_and_best_evaluations(classifier_run):
 def test_model_card_names_the_base_model(classifier_run, bert_dir):
     """The adapter's model card and config name the base model: a folder by its absolute path (an alias by
     its hub id: test_demo_code_path_tiny_budget)."""
-    from loraplus.models import base_model_name
+    from loraplus.train.models import base_model_name
 
     card = (classifier_run / "README.md").read_text()
     assert f"base_model: {Path(bert_dir).absolute()}" in card
@@ -147,7 +147,7 @@ def test_merge_predicts_like_adapter(classifier_run, tmp_path, tokenizer):
     """merge writes a plain model whose logits equal base + adapter's."""
     from transformers import AutoModelForSequenceClassification
 
-    from loraplus.runs import load_run_config, load_trained
+    from loraplus.train.runs import load_run_config, load_trained
 
     assert main(["merge", str(classifier_run), str(tmp_path / "merged")]) == 0
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
@@ -196,7 +196,7 @@ def test_demo_code_path_tiny_budget(tmp_path, capsys):
     assert "LoRA+" in out and "test acc" in out
     assert (tmp_path / "lora_vs_loraplus.png").stat().st_size > 0
     # the packaged MiniLM: the card names the hub model, not the package folder it loaded from
-    from loraplus.models import resolve_model
+    from loraplus.train.models import resolve_model
 
     for card in tmp_path.glob("*/README.md"):
         text = card.read_text()

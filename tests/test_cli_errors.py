@@ -16,7 +16,7 @@ def env(tmp_path_factory):
     """A tiny local classifier, good data files, and an existing run folder."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from loraplus.models import load_tokenizer, resolve_model
+    from loraplus.train.models import load_tokenizer, resolve_model
 
     root = tmp_path_factory.mktemp("bad-input")
     tokenizer = load_tokenizer(resolve_model("minilm"))

@@ -1,4 +1,4 @@
-"""Tests for loraplus.config: defaults, YAML + flag parsing, coercion, validation errors, round trips."""
+"""Tests for loraplus.train.config: defaults, YAML + flag parsing, coercion, validation errors, round trips."""
 
 import dataclasses
 import json
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from loraplus.config import TASKS, TrainConfig, parse_train_args, train_help, training_arguments_kwargs
-from loraplus.errors import LoraPlusError
+from loraplus.train.config import TASKS, TrainConfig, parse_train_args, train_help, training_arguments_kwargs
+from loraplus.core.errors import LoraPlusError
 
 
 def write(tmp_path, text, name="cfg.yaml"):
@@ -50,8 +50,8 @@ def test_local_paths_are_stored_absolute_and_names_are_not(tmp_path, monkeypatch
 
 
 def test_import_loads_no_heavy_library():
-    """Importing loraplus.config loads neither torch, transformers nor peft (validation precedes model load)."""
-    code = "import sys, loraplus.config; print(sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))"
+    """Importing loraplus.train.config loads neither torch, transformers nor peft (validation precedes model load)."""
+    code = "import sys, loraplus.train.config; print(sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from loraplus.data import (
+from loraplus.train.data import (
     _rotten_tomatoes_frame,
     collator_for,
     load_splits,
@@ -18,8 +18,8 @@ from loraplus.data import (
     prepare_label_words,
     prepare_sft,
 )
-from loraplus.errors import LoraPlusError
-from loraplus.metrics import (
+from loraplus.core.errors import LoraPlusError
+from loraplus.train.metrics import (
     classification_metrics,
     compute_metrics_for,
     label_word_eval_for,
@@ -28,7 +28,7 @@ from loraplus.metrics import (
     regression_metrics,
     score_label_words,
 )
-from loraplus.models import load_tokenizer, resolve_model
+from loraplus.train.models import load_tokenizer, resolve_model
 
 
 @pytest.fixture(scope="module")

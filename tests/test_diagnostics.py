@@ -9,14 +9,8 @@ from conftest import peft, tiny_gpt2, tiny_llama
 from torch import nn
 
 from loraplus import LoraPlusError, param_groups
-from loraplus.diagnostics import (
-    KEYS,
-    FeatureLearningCallback,
-    attach_feature_learning,
-    diagnose,
-    lora_linear_layers,
-    main_diagnose,
-)
+from loraplus.experiments.diagnose import diagnose, main_diagnose
+from loraplus.train.feature_learning import KEYS, FeatureLearningCallback, attach_feature_learning, lora_linear_layers
 
 
 def _lora_llama(dropout=0.0):
@@ -125,7 +119,8 @@ def test_records_match_an_independent_recomputation(build, layer_name):
 def _train(output_dir, *, monitor_every=None, max_steps=4, model=None, ratio=16.0, lr=1e-3,
            data=None, batch_size=4, **args):
     """A LoraPlusTrainer run on a fixed token set (optionally with the monitor); the trainer."""
-    from loraplus.trainer import JsonlMetricsCallback, LoraPlusTrainer, LoraPlusTrainingArguments
+    from loraplus.core.trainer import LoraPlusTrainer, LoraPlusTrainingArguments
+    from loraplus.train.metrics_log import JsonlMetricsCallback
 
     if data is None:
         data = [{"input_ids": ids, "labels": ids} for ids in _tokens(2, n=16)]

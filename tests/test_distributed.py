@@ -15,8 +15,8 @@ from conftest import save_tiny_bert, write_csv, write_sentiment_csvs
 from safetensors.torch import load_file
 
 from loraplus.cli import main
-from loraplus.config import parse_train_args, training_arguments_kwargs
-from loraplus.reliability import check_engine_settings
+from loraplus.train.config import parse_train_args, training_arguments_kwargs
+from loraplus.train.distributed import check_engine_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny BERT without dropout (so batches, not random masks, decide the gradients) and sentiment CSVs."""
-    from loraplus.models import load_tokenizer, resolve_model
+    from loraplus.train.models import load_tokenizer, resolve_model
 
     root = tmp_path_factory.mktemp("distributed")
     tokenizer = load_tokenizer(resolve_model("minilm"))
@@ -71,7 +71,7 @@ def models(setup):
     """A tiny BERT (runs packed) and a tiny Llama (runs as micro-batches), both without dropout."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from loraplus.models import load_tokenizer, resolve_model
+    from loraplus.train.models import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model("minilm"))
     torch.manual_seed(0)
@@ -193,7 +193,7 @@ def test_engine_settings_that_erase_the_ratio_exit_2(setup, tmp_path, capsys, ex
 
 def test_accelerate_fsdp1_without_orig_params_refused(monkeypatch):
     """`accelerate launch` with FSDP1 and fsdp_use_orig_params false (its default) is refused up front."""
-    from loraplus.errors import LoraPlusError
+    from loraplus.core.errors import LoraPlusError
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setenv("FSDP_VERSION", "1")

@@ -4,7 +4,7 @@ import torch
 from conftest import peft, tiny_llama
 
 from loraplus import create_loraplus_optimizer
-from loraplus.optim import is_8bit
+from loraplus.core.optim import is_8bit
 
 
 def step_and_state_dtypes(model, optimizer):

@@ -134,8 +134,8 @@ def test_a_run_saved_before_a_new_key_is_reused_at_its_default(tmp_path):
     """A finished run whose config.yaml predates a key is the same run when the key is at its default."""
     import yaml
 
-    from loraplus.config import TrainConfig
-    from loraplus.runs import check_reusable
+    from loraplus.train.config import TrainConfig
+    from loraplus.train.runs import check_reusable
 
     cfg = TrainConfig(output_dir=str(tmp_path))
     saved = cfg.to_dict()
@@ -149,7 +149,7 @@ def test_a_run_saved_before_a_new_key_is_reused_at_its_default(tmp_path):
 
 def test_speed_up_on_a_loss_counts_falling_below_lora_final():
     """For a metric where lower is better, 'reaches tuned LoRA's final' means at or below it."""
-    from loraplus.experiments import _speedups
+    from loraplus.experiments.compare import _speedups
 
     lora = {"final": [1.0, 1.0], "curves": {"1": [(10, 2.0), (20, 1.0)], "2": [(10, 2.0), (20, 1.0)]}}
     plus = {"final": [0.8, 0.8], "curves": {"1": [(10, 0.9), (20, 0.8)], "2": [(10, 1.0), (20, 0.8)]}}
@@ -176,7 +176,7 @@ def _results(lora_final, plus_final, chosen=(1e-3, 1e-3), lrs=(3e-4, 1e-3, 3e-3)
 ])
 def test_findings_rank_arms_only_beyond_seed_noise(lora_final, plus_final, verdict):
     """The report calls an arm better or worse only when the gap exceeds twice its standard error over seeds."""
-    from loraplus.experiments import findings
+    from loraplus.experiments.compare import findings
 
     (line,) = findings(_results(lora_final, plus_final))
     assert verdict in line
@@ -184,7 +184,7 @@ def test_findings_rank_arms_only_beyond_seed_noise(lora_final, plus_final, verdi
 
 def test_findings_flag_a_chosen_lr_at_the_grid_edge():
     """An arm whose chosen lr is the grid's smallest or largest is flagged as possibly untuned."""
-    from loraplus.experiments import findings
+    from loraplus.experiments.compare import findings
 
     lines = findings(_results([0.5, 0.5], [0.5, 0.5], chosen=(3e-3, 1e-3)))
     assert any("lora: the chosen lr 0.003 is the largest" in line for line in lines)
@@ -202,7 +202,7 @@ def _has_riemannian() -> bool:
 @pytest.fixture(scope="module")
 def all_arms(tmp_path_factory, bert_dir, sentiment):
     """compare with every arm, each with a one-value grid of its own (lora's differs), one seed."""
-    from loraplus.experiments import ARMS
+    from loraplus.experiments.compare import ARMS
 
     methods = [m for m in ARMS if m != "riemannian" or _has_riemannian()]
     out = tmp_path_factory.mktemp("arms")

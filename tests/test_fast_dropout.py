@@ -5,7 +5,7 @@ import torch
 
 from conftest import tiny_bert
 from loraplus import fast_dropout
-from loraplus.fast_dropout import CpuDropout, cpu_dropout, keep_mask, use_cpu_dropout
+from loraplus.speed.fast_dropout import CpuDropout, cpu_dropout, keep_mask, use_cpu_dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])

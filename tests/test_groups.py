@@ -247,7 +247,7 @@ def test_partition_check_holds_under_python_O():
     import subprocess
     import sys
 
-    code = ("import torch; from loraplus.groups import _assert_partition; p = torch.nn.Parameter(torch.zeros(2)); "
+    code = ("import torch; from loraplus.core.groups import _assert_partition; p = torch.nn.Parameter(torch.zeros(2)); "
             "_assert_partition([{'params': [p]}, {'params': [p]}], [p])")
     done = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "two LoRA+ groups" in done.stderr

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import tiny_bert, tiny_gpt2, tiny_llama
 
-from loraplus.errors import LoraPlusError
-from loraplus.models import attach_lora, default_target_modules, load_model, load_tokenizer, resolve_model
+from loraplus.core.errors import LoraPlusError
+from loraplus.train.models import attach_lora, default_target_modules, load_model, load_tokenizer, resolve_model
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:
@@ -162,7 +162,7 @@ def _config_folder(path, kind, **fields):
 ])
 def test_max_length_beyond_the_positions_is_refused(tmp_path, kind, fields, limit):
     """A max_length past the model's positions is refused naming the limit; up to it passes."""
-    from loraplus.models import check_max_length
+    from loraplus.train.models import check_max_length
 
     path = _config_folder(tmp_path, kind, **fields)
     check_max_length(path, limit)
@@ -173,6 +173,6 @@ def test_max_length_beyond_the_positions_is_refused(tmp_path, kind, fields, limi
 
 def test_models_without_a_position_table_take_any_length(tmp_path):
     """BLOOM's ALiBi positions have no table: no bound."""
-    from loraplus.models import check_max_length
+    from loraplus.train.models import check_max_length
 
     check_max_length(_config_folder(tmp_path, "bloom"), 100_000)

@@ -52,7 +52,7 @@ def test_output_dir_in_a_folder_without_write_permission(setup, capsys, monkeypa
     locked.chmod(0o555)
     if os.geteuid() == 0:  # root ignores permission bits: answer as the kernel would for anyone else
         real_access = os.access
-        monkeypatch.setattr("loraplus.files.os.access",
+        monkeypatch.setattr("loraplus.train.files.os.access",
                             lambda p, mode: False if Path(p) == locked else real_access(p, mode))
     try:
         assert main(args(setup, locked / "run")) == 2
@@ -106,14 +106,14 @@ def test_full_disk_at_the_first_checkpoint_leaves_nothing(setup):
 def test_full_disk_after_a_checkpoint_keeps_it_and_says_how_to_resume(setup, capsys, monkeypatch):
     """An OS error once checkpoints exist: one line naming the file and the resume, the checkpoints kept, and
     the resume then finishes the run without training again."""
-    import loraplus.pipeline
+    import loraplus.train.pipeline
 
     out = setup / "full-disk-late"
 
     def full(out_dir, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(out_dir) / "learning_curves.png"))
 
-    monkeypatch.setattr(loraplus.pipeline, "_plot", full)
+    monkeypatch.setattr(loraplus.train.pipeline, "_plot", full)
     assert main(args(setup, out)) == 2
     line = one_error_line(capsys)
     assert "learning_curves.png: No space left on device" in line and "--resume_from_checkpoint latest" in line

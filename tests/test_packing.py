@@ -9,10 +9,10 @@ from conftest import save_tiny_bert, write_sentiment_csvs
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
-import loraplus.packing
+import loraplus.speed.packing
 from loraplus.cli import main
-from loraplus.fast_dropout import use_cpu_dropout
-from loraplus.packing import enable_packing, is_packed
+from loraplus.speed.fast_dropout import use_cpu_dropout
+from loraplus.speed.packing import enable_packing, is_packed
 
 
 def tiny_encoder(family: str, attention: str):
@@ -57,8 +57,8 @@ def test_packed_encoder_computes_the_same_logits_and_gradients(family, attention
         use_cpu_dropout(packed.get_base_model())
     assert enable_packing(packed.get_base_model(), group_cost=group_cost) and is_packed(packed)
     packed_shapes = []
-    original = loraplus.packing.pack
-    monkeypatch.setattr(loraplus.packing, "pack", lambda x, p: packed_shapes.append(x.shape) or original(x, p))
+    original = loraplus.speed.packing.pack
+    monkeypatch.setattr(loraplus.speed.packing, "pack", lambda x, p: packed_shapes.append(x.shape) or original(x, p))
     batch = padded_batch()
     logits, grads = loss_and_grads(plain, batch)
     packed_logits, packed_grads = loss_and_grads(packed, batch)
@@ -71,7 +71,7 @@ def test_packed_encoder_computes_the_same_logits_and_gradients(family, attention
 def test_evaluation_runs_unpacked(monkeypatch):
     model = tiny_encoder("bert", "sdpa")
     enable_packing(model.get_base_model())
-    monkeypatch.setattr(loraplus.packing, "pack", lambda *a: pytest.fail("packed in eval mode"))
+    monkeypatch.setattr(loraplus.speed.packing, "pack", lambda *a: pytest.fail("packed in eval mode"))
     model.eval()
     with torch.no_grad():
         model(**padded_batch())
@@ -93,8 +93,8 @@ def test_packed_training_trains_the_adapter_of_one_padded_batch(tmp_path, tokeni
     model = save_tiny_bert(tmp_path / "bert", tokenizer, dropout=0.0)
     write_sentiment_csvs(tmp_path)
     packs = []
-    original = loraplus.packing.pack
-    monkeypatch.setattr(loraplus.packing, "pack", lambda x, p: packs.append(x.shape) or original(x, p))
+    original = loraplus.speed.packing.pack
+    monkeypatch.setattr(loraplus.speed.packing, "pack", lambda x, p: packs.append(x.shape) or original(x, p))
     adapters, losses, packs_per_run = [], [], []
     for packed in ("true", "false"):
         packs.clear()

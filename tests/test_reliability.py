@@ -19,7 +19,7 @@ from conftest import save_tiny_bert, write_sentiment_csvs
 from safetensors.torch import load_file
 
 from loraplus.cli import main
-from loraplus.reliability import MARKER, NO_MARKER, check_checkpoint, latest_valid_checkpoint, mark_complete
+from loraplus.train.reliability import MARKER, NO_MARKER, check_checkpoint, latest_valid_checkpoint, mark_complete
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_STEPS = 12  # 32 examples / batch 8 = 4 steps per epoch: kills land in epochs 0, 1 and 2
@@ -28,7 +28,7 @@ MAX_STEPS = 12  # 32 examples / batch 8 = 4 steps per epoch: kills land in epoch
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny BERT (hidden and attention dropout 0.1) and sentiment CSVs whose texts differ in length."""
-    from loraplus.models import load_tokenizer, resolve_model
+    from loraplus.train.models import load_tokenizer, resolve_model
 
     root = tmp_path_factory.mktemp("reliability")
     tokenizer = load_tokenizer(resolve_model("minilm"))
@@ -146,7 +146,7 @@ def test_damaged_checkpoint_skipped_with_one_warning(interrupted):
 def test_metrics_hold_each_record_once(reference, interrupted):
     """read_metrics of the resumed run gives the uninterrupted run's records, each once, same values; the
     file itself lost nothing: each resume appended its resumed_from record after every line logged so far."""
-    from loraplus.plots import read_metrics
+    from loraplus.train.plots import read_metrics
 
     def records(run):
         # wall-clock fields differ; train_loss averages over the last train() call only (the Trainer's rule)
@@ -292,7 +292,7 @@ def test_diverging_run_exits_2_with_one_line(setup, tmp_path, capsys):
 
 def test_json_files_stay_valid_json_with_non_finite_metrics(tmp_path):
     """A NaN or Inf metric is written as null, so summary.json (and every JSON file of a run) parses strictly."""
-    from loraplus.reliability import write_json
+    from loraplus.train.files import write_json
 
     path = tmp_path / "summary.json"
     write_json(path, {"train_loss": float("nan"), "validation": {"eval_loss": float("inf")},

@@ -9,7 +9,7 @@ import pytest
 from conftest import save_tiny_bert, write_sentiment_csvs
 
 from loraplus.cli import main
-from loraplus.plots import read_metrics
+from loraplus.train.plots import read_metrics
 
 MAX_STEPS = 5  # 3 steps per epoch: the last checkpoint falls mid-epoch
 
@@ -131,7 +131,7 @@ def test_ctrl_c_prints_the_resume_command(finished, capsys, monkeypatch):
 
     from safetensors.torch import load_file
 
-    from loraplus.run_trainer import RunTrainer
+    from loraplus.train.run_trainer import RunTrainer
 
     root, out = finished
     run = root / "ctrl-c"

@@ -9,10 +9,10 @@ from conftest import peft, save_tiny_bert, tiny_gpt2, tiny_llama, write_sentimen
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-import loraplus.sampling
+import loraplus.speed.sampling
 from loraplus import LoraPlusTrainer, LoraPlusTrainingArguments
 from loraplus.cli import main
-from loraplus.sampling import SortedWithinBatchesMixin, micro_batch_cuts, sorted_within_batches, split_batch
+from loraplus.speed.sampling import SortedWithinBatchesMixin, micro_batch_cuts, sorted_within_batches, split_batch
 
 LENGTHS = [random.Random(0).randint(3, 120) for _ in range(203)]  # 6 full batches of 32 and a short one
 
@@ -90,7 +90,7 @@ def test_micro_batches_train_the_same_adapter_as_one_padded_batch(tmp_path, toke
         sizes.append([end - start for start, end in zip([0, *cuts[:-1]], cuts)])
         return split_batch(batch, cuts)
 
-    monkeypatch.setattr(loraplus.sampling, "split_batch", recording_split)
+    monkeypatch.setattr(loraplus.speed.sampling, "split_batch", recording_split)
     model = save_tiny_bert(tmp_path / "bert", tokenizer, dropout=0.0)
     write_sentiment_csvs(tmp_path)
     adapters = []
@@ -135,7 +135,7 @@ def causal_rows(seed: int, n: int = 48):
 
 def micro_batch_run(tmp_path, tokenizer, build, micro: int, loss_kwargs: bool, seed: int):
     """Per-step (loss, gradient norm) of 6 steps of batch 4 x accumulation 2, with or without micro-batches."""
-    from loraplus.data import collator_for
+    from loraplus.train.data import collator_for
 
     model = peft(build(), target_modules=TARGETS[build.__name__])
     args = LoraPlusTrainingArguments(output_dir=str(tmp_path / f"m{micro}"), per_device_train_batch_size=4,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import peft, tiny_bert, tiny_gpt2, tiny_llama
 
-from loraplus.target_logits import accepts_position_mask, position_mask_supported, with_target_positions
+from loraplus.speed.target_logits import accepts_position_mask, position_mask_supported, with_target_positions
 
 # transformers before the mask form of `logits_to_keep` (5.17 and earlier): the trainer keeps full logits
 # (test_older_transformers_keep_full_logits); the tests of the target-rows path need the newer form.
@@ -68,7 +68,7 @@ def test_only_target_rows_reach_the_head():
 @needs_position_mask
 def test_label_word_scores_from_target_rows_equal_full_logits():
     """The evaluation's one-token label-word scores are the same from target rows as from full logits."""
-    from loraplus.metrics import label_word_eval_for
+    from loraplus.train.metrics import label_word_eval_for
 
     model = tiny_llama().eval()
     inputs = batch("label_words")
@@ -103,7 +103,7 @@ def test_train_with_target_logits_matches_full_logits(tmp_path, llama_dir, monke
     from conftest import WORDS, write_csv
     from safetensors.torch import load_file
 
-    import loraplus.target_logits as target_logits
+    import loraplus.speed.target_logits as target_logits
     from loraplus.cli import main
 
     if task == "sft":

@@ -10,9 +10,9 @@ import statistics
 import pytest
 import torch
 
-from loraplus.errors import LoraPlusError
-from loraplus.toy import main_toy, toy_problem, train_grid
-from loraplus.toy_paper import near_best, paper_problem, summarise, train_paper_grid
+from loraplus.core.errors import LoraPlusError
+from loraplus.experiments.toy import main_toy, toy_problem, train_grid
+from loraplus.experiments.toy_paper import near_best, paper_problem, summarise, train_paper_grid
 
 F64 = torch.float64
 
@@ -279,7 +279,7 @@ def test_paper_bad_flag_values_raise_one_line_naming_the_flag(argv, flag, tmp_pa
 
 def test_help_shows_each_models_actual_defaults(capsys):
     """`loraplus toy --help` lists both models and reads their defaults from the code, so they cannot drift."""
-    from loraplus.toy_paper import DEFAULT_LOG2_LR_A, run_paper_toy
+    from loraplus.experiments.toy_paper import DEFAULT_LOG2_LR_A, run_paper_toy
 
     assert main_toy(["--help"]) == 0
     out = capsys.readouterr().out

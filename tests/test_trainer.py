@@ -6,7 +6,7 @@ from conftest import peft, tiny_llama
 from transformers import TrainerCallback
 
 from loraplus import LoraPlusError, LoraPlusTrainer, LoraPlusTrainingArguments
-from loraplus.guard import NonFiniteGradientError, NonFiniteGuardMixin
+from loraplus.train.guard import NonFiniteGradientError, NonFiniteGuardMixin
 
 
 def lm_data(n=16, length=8):
@@ -194,7 +194,7 @@ class RecordWeights(TrainerCallback):
 
 def test_fp16_scaler_stops_after_too_many_skipped_steps_in_a_row(tmp_path):
     """Inf gradients at every step from step 2: the run stops after MAX_SKIPPED_STEPS skips, naming them."""
-    from loraplus.guard import MAX_SKIPPED_STEPS
+    from loraplus.train.guard import MAX_SKIPPED_STEPS
 
     model = peft(tiny_llama(), target_modules=["q_proj"])
     trainer = with_cpu_grad_scaler(guarded(tmp_path, model, save_strategy="no", max_steps=40))

@@ -26,7 +26,7 @@ WORDS = ["good fun great film", "bad dull awful plot", "great acting good", "awf
 @pytest.fixture(scope="module")
 def chat_tokenizer():
     """The packaged MiniLM tokenizer (a fresh copy: the shared fixture stays as it is) with a chat template."""
-    from loraplus.models import load_tokenizer, resolve_model
+    from loraplus.train.models import load_tokenizer, resolve_model
 
     tok = load_tokenizer(resolve_model("minilm"))
     tok.chat_template = CHAT_TEMPLATE
@@ -162,6 +162,6 @@ def test_import_without_trl_says_pip_install_trl():
 
 def test_import_loraplus_does_not_import_trl():
     """`import loraplus` (and its trainer module) stays light: TRL is imported only by loraplus.trl."""
-    code = "import sys, loraplus, loraplus.trainer; loraplus.LoraPlusTrainer; print('trl' in sys.modules)"
+    code = "import sys, loraplus, loraplus.core.trainer; loraplus.LoraPlusTrainer; print('trl' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr

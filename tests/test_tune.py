@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from loraplus.cli import main
-from loraplus.tune import Rung, default_budget, plan_rungs, successive_halving
+from loraplus.experiments.tune import Rung, default_budget, plan_rungs, successive_halving
 
 FAST = ["--per_device_train_batch_size", "8", "--report_to", "none", "--max_length", "16"]
 
@@ -71,7 +71,7 @@ def test_diverged_cells_never_survive():
 def fake_training(monkeypatch):
     """Replace each training run by a summary whose accuracy peaks at lr_B = 6e-3; record the runs asked for."""
     from loraplus import runs as runs_module
-    from loraplus.guard import NonFiniteGradientError
+    from loraplus.train.guard import NonFiniteGradientError
 
     runs = []
 

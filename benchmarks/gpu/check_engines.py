@@ -8,7 +8,7 @@ For each engine one short `loraplus train` run starts the way the README documen
 Trainer builds its optimizer, looks at the optimizer after the engine has wrapped it and checks:
 
 - groups: each group's parameters, traced back through the engine's wrappers to model parameter names,
-  are exactly those that loraplus.groups gives that role on an unwrapped copy of the model (built the
+  are exactly those that loraplus.core.groups gives that role on an unwrapped copy of the model (built the
   same way, before any engine exists, so ZeRO-3 cannot partition it), and each group starts at the
   policy's lr and weight decay (lora_A: lr, lora_B: lr * ratio, others: lr_other);
 - lrs: at every step the schedule scales all groups by one factor, so lr_B / lr_A = ratio throughout;
@@ -359,11 +359,11 @@ def worker(args) -> int:
     import torch
     from transformers import set_seed
 
-    import loraplus.run_trainer
+    import loraplus.train.run_trainer
     from loraplus import pipeline
-    from loraplus.config import parse_train_args
-    from loraplus.groups import parameter_roles
-    from loraplus.models import load_tokenizer, resolve_model
+    from loraplus.train.config import parse_train_args
+    from loraplus.core.groups import parameter_roles
+    from loraplus.train.models import load_tokenizer, resolve_model
 
     folder = Path(args.work) / args.worker
     data = Path(args.data)
@@ -407,7 +407,7 @@ def worker(args) -> int:
     del reference
 
     probe = make_probe(roles, reference_start, args.steps)
-    original = loraplus.run_trainer.RunTrainer
+    original = loraplus.train.run_trainer.RunTrainer
 
     class ProbedTrainer(original):
         """The run's Trainer, attaching the probe once its optimizer exists (one hook, as the library does)."""
@@ -418,20 +418,21 @@ def worker(args) -> int:
                 self.add_callback(probe)
             return optimizer
 
-    loraplus.run_trainer.RunTrainer = ProbedTrainer  # pipeline.train imports it from loraplus.run_trainer when called
+    # pipeline.train imports RunTrainer from loraplus.train.run_trainer when called
+    loraplus.train.run_trainer.RunTrainer = ProbedTrainer
     run_error = None
     try:
         pipeline.train(cfg)
     except Exception as e:  # noqa: BLE001 - any failure of the run is a finding, reported with the others
         run_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]
     finally:
-        loraplus.run_trainer.RunTrainer = original
+        loraplus.train.run_trainer.RunTrainer = original
     adapter = folder / "run" / "adapter_model.safetensors"
     probe.finish(run_error, adapter if run_error is None and adapter.is_file() else None)
     checks = probe.checks
     if not probe.info["attached"]:
         checks["groups"] = [False, "the probe never saw an optimizer (does pipeline.train still use "
-                            "loraplus.run_trainer.RunTrainer?)"]
+                            "loraplus.train.run_trainer.RunTrainer?)"]
     checks["model"] = [dtype == "torch.float32" and not witness,
                        f"base weights {dtype}" + (f"; roles disagree with names: {witness[:2]}" if witness else "")]
     rank = int(os.environ.get("RANK", "0"))

