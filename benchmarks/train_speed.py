@@ -140,8 +140,8 @@ ARMS = {
     "padded": "PEFT + Trainer, pad to 128 (run_glue style)",
     "dynamic": "PEFT + Trainer, dynamic padding",
     "loraplus": "`loraplus train` (random batches, packed encoder, CPU dropout masks)",
-    # ablations: packing against length-sorted micro-batches (loraplus/packing.py, sampling.py), what the
-    # cheaper CPU dropout masks give (loraplus/fast_dropout.py), and what length grouping across
+    # ablations: packing against length-sorted micro-batches (loraplus/speed/packing.py, sampling.py), what the
+    # cheaper CPU dropout masks give (loraplus/speed/fast_dropout.py), and what length grouping across
     # batches would add (transformers' group_by_length)
     "loraplus_micro": "`loraplus train --packed_sequences false` (up to 4 length-sorted micro-batches)",
     "loraplus_torch_dropout": "`loraplus train --fast_cpu_dropout false` (torch's own dropout)",

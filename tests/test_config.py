@@ -245,7 +245,7 @@ def test_kwargs_build_training_arguments(tmp_path):
     assert not any(k.startswith(("lora", "loraplus")) or k in ("task", "dataset_name") for k in kw)
     args = TrainingArguments(**kw)
     assert (args.learning_rate, args.seed) == (3e-4, 3)
-    # the Trainer gets the whole batch; its micro-batches are cut inside each step (loraplus/sampling.py)
+    # the Trainer gets the whole batch; its micro-batches are cut inside each step (loraplus/speed/sampling.py)
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (16, 1)
 
 

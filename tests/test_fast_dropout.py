@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import tiny_bert
-from loraplus import fast_dropout
+from loraplus.speed import fast_dropout
 from loraplus.speed.fast_dropout import CpuDropout, cpu_dropout, keep_mask, use_cpu_dropout
 
 

@@ -1,4 +1,4 @@
-"""Packed encoders (loraplus/packing.py): the same function on fewer tokens."""
+"""Packed encoders (loraplus/speed/packing.py): the same function on fewer tokens."""
 
 import copy
 import json

@@ -1,4 +1,4 @@
-"""Random batches sorted inside (loraplus/sampling.py): the batches stay random draws, only padding changes."""
+"""Random batches sorted inside (loraplus/speed/sampling.py): the batches stay random draws, only padding changes."""
 
 import itertools
 import random

@@ -70,7 +70,7 @@ def test_diverged_cells_never_survive():
 @pytest.fixture
 def fake_training(monkeypatch):
     """Replace each training run by a summary whose accuracy peaks at lr_B = 6e-3; record the runs asked for."""
-    from loraplus import runs as runs_module
+    from loraplus.train import runs as runs_module
     from loraplus.train.guard import NonFiniteGradientError
 
     runs = []
@@ -165,7 +165,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, fl
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory, bert_dir, sentiment):
     """A real tune over two cells; every file the data loader opens is recorded."""
-    from loraplus import data
+    from loraplus.train import data
 
     root = tmp_path_factory.mktemp("tune")
     argv = ["tune", "--model_name_or_path", bert_dir, "--train_file", sentiment["train"],

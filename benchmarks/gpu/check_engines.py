@@ -360,7 +360,7 @@ def worker(args) -> int:
     from transformers import set_seed
 
     import loraplus.train.run_trainer
-    from loraplus import pipeline
+    from loraplus.train import pipeline
     from loraplus.train.config import parse_train_args
     from loraplus.core.groups import parameter_roles
     from loraplus.train.models import load_tokenizer, resolve_model

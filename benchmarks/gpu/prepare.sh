@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from loraplus.models import resolve_model
+from loraplus.train.models import resolve_model
 
 source, target = resolve_model("minilm"), Path(sys.argv[1])
 AutoModel.from_pretrained(source, dtype=torch.float16).save_pretrained(target, safe_serialization=True)

@@ -52,7 +52,7 @@ import sys
 
 import torch
 
-from loraplus.models import load_model, load_tokenizer
+from loraplus.train.models import load_model, load_tokenizer
 
 print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available()
       else "NO GPU", "bf16", torch.cuda.is_available() and torch.cuda.is_bf16_supported())
