@@ -314,7 +314,7 @@ def _defaults(func, flags, **special) -> str:
 
 
 def _usage() -> str:
-    from loraplus.experiments.compare import toy_paper
+    from loraplus.experiments import toy_paper
 
     paper = _defaults(toy_paper.run_paper_toy, toy_paper.FLAGS, report_steps="10,<steps>")
     linear = _defaults(run_toy, FLAGS, log2_lr_min=LINEAR_LOG2_LRS[0], log2_lr_max=LINEAR_LOG2_LRS[1])
@@ -347,7 +347,7 @@ def main_toy(argv: list[str]) -> int:
     """`loraplus toy [--model paper|linear] [--flag value ...]`: loss over (lr_A, lr_B) per width."""
     model, argv = _pop_model(argv)
     if any(a in ("-h", "--help") for a in argv):
-        from loraplus.experiments.compare import toy_paper
+        from loraplus.experiments import toy_paper
 
         print(_usage() + "\n" + (toy_paper.__doc__ if model == "paper" else __doc__))
         return 0
