@@ -143,7 +143,7 @@ def _read_glue(glue: Path, task: str) -> list[tuple[str, str | None, str]]:
 
 
 def _read_rotten_tomatoes() -> list[tuple[str, None, str]]:
-    from loraplus.train.data import _rotten_tomatoes_frame
+    from loraplus.train.sources import _rotten_tomatoes_frame
 
     frame = _rotten_tomatoes_frame()
     return [(str(t), None, str(int(y))) for t, y in zip(frame["text"], frame["label"])]

@@ -46,7 +46,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=8)
     args = parser.parse_args(argv)
 
-    from loraplus.train.models import attach_lora, load_model, resolve_model
+    from loraplus.train.models import load_model, resolve_model
+    from loraplus.train.lora import attach_lora
     from loraplus.speed.target_logits import with_target_positions
 
     path = resolve_model(args.model)

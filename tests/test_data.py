@@ -9,16 +9,10 @@ import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
-from loraplus.train.data import (
-    _rotten_tomatoes_frame,
-    collator_for,
-    load_splits,
-    prepare_causal_lm,
-    prepare_classification,
-    prepare_label_words,
-    prepare_sft,
-)
 from loraplus.core.errors import LoraPlusError
+from loraplus.train.data import (collator_for, prepare_causal_lm, prepare_classification, prepare_label_words,
+                                 prepare_sft)
+from loraplus.train.sources import _rotten_tomatoes_frame, load_splits
 from loraplus.train.metrics import (
     classification_metrics,
     compute_metrics_for,

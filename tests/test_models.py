@@ -8,7 +8,8 @@ import torch
 from conftest import tiny_bert, tiny_gpt2, tiny_llama
 
 from loraplus.core.errors import LoraPlusError
-from loraplus.train.models import attach_lora, default_target_modules, load_model, load_tokenizer, resolve_model
+from loraplus.train.models import load_model, load_tokenizer, resolve_model
+from loraplus.train.lora import attach_lora, default_target_modules
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:

@@ -8,7 +8,7 @@ from conftest import peft, tiny_bert, tiny_gpt2, tiny_llama, train_lm_losses
 from peft.tuners.lora import LoraLayer
 
 from loraplus import LoraPlusError, LoraPlusTrainer, LoraPlusTrainingArguments
-from loraplus.train.models import init_factors
+from loraplus.train.lora import init_factors
 
 try:
     from peft.optimizers import create_riemannian_optimizer  # noqa: F401

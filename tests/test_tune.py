@@ -165,15 +165,15 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, fl
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory, bert_dir, sentiment):
     """A real tune over two cells; every file the data loader opens is recorded."""
-    from loraplus.train import data
+    from loraplus.train import sources
 
     root = tmp_path_factory.mktemp("tune")
     argv = ["tune", "--model_name_or_path", bert_dir, "--train_file", sentiment["train"],
             "--validation_file", sentiment["dev"], "--test_file", str(root / "test-never-read.csv"),
             "--output_dir", str(root / "out"), "--lrs", "2e-3", "--ratios", "1,16", "--budget", "4", *FAST]
-    opened, load_file = [], data.load_file
+    opened, load_file = [], sources.load_file
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(data, "load_file", lambda path, *args: opened.append(str(path)) or load_file(path, *args))
+        mp.setattr(sources, "load_file", lambda path, *args: opened.append(str(path)) or load_file(path, *args))
         assert main(argv) == 0
     return root / "out", argv, opened
 

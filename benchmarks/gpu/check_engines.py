@@ -361,6 +361,7 @@ def worker(args) -> int:
 
     import loraplus.train.run_trainer
     from loraplus.train import pipeline
+    from loraplus.train.data import prepare_data
     from loraplus.train.config import parse_train_args
     from loraplus.core.groups import parameter_roles
     from loraplus.train.models import load_tokenizer, resolve_model
@@ -395,7 +396,7 @@ def worker(args) -> int:
     # before TrainingArguments exist: under ZeRO-3 those make from_pretrained partition the weights.
     model_path = resolve_model(cfg.model_name_or_path)
     tokenizer = load_tokenizer(model_path)
-    prepared = pipeline.prepare_data(cfg, tokenizer)
+    prepared = prepare_data(cfg, tokenizer)
     set_seed(cfg.seed)
     reference = pipeline.build_model(cfg, model_path, prepared, tokenizer)
     roles = parameter_roles(reference)

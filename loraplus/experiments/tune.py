@@ -213,13 +213,13 @@ def _check_tune_dir(out: Path) -> None:
 
 def _train_only(base: TrainConfig, data_dir: Path) -> str:
     """A file holding exactly the config's training split, so the tuning runs can open nothing else."""
-    from loraplus.train import data
+    from loraplus.train import sources
 
     if base.train_file:
         return base.train_file
     path = Path(base.dataset_name).expanduser()
     if path.is_dir():
-        return str(data._folder_files(path)["train"])  # only train.*: dev.* and test.* stay closed
+        return str(sources.folder_files(path)["train"])  # only train.*: dev.* and test.* stay closed
     if path.is_file():
         return str(path)
     # A built-in or hub dataset arrives as one dataset dict: keep its train split in a file of our own.
@@ -227,11 +227,11 @@ def _train_only(base: TrainConfig, data_dir: Path) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{base.dataset_name}-{base.dataset_config_name or 'default'}")
     file = data_dir / f"{slug}-train.parquet"
     if not file.is_file():
-        if base.dataset_name in data.BUILTIN_DATASETS:
-            train = data._builtin_rotten_tomatoes()["train"]
+        if base.dataset_name in sources.BUILTIN_DATASETS:
+            train = sources._builtin_rotten_tomatoes()["train"]
         else:
-            train = data.load_splits(dataset_name=base.dataset_name, dataset_config_name=base.dataset_config_name,
-                                     validation_split_ratio=base.validation_split_ratio, seed=base.seed)["train"]
+            train = sources.load_splits(dataset_name=base.dataset_name, dataset_config_name=base.dataset_config_name,
+                                        validation_split_ratio=base.validation_split_ratio, seed=base.seed)["train"]
         data_dir.mkdir(parents=True, exist_ok=True)
         partial = file.with_suffix(".partial")
         train.to_parquet(str(partial))
@@ -243,7 +243,7 @@ def _training_steps(base: TrainConfig, source: str) -> int:
     """Optimizer steps of one training run as configured: max_steps, or epochs of the carved training split."""
     if base.max_steps > 0:
         return base.max_steps
-    from loraplus.train.data import load_splits
+    from loraplus.train.sources import load_splits
 
     train = load_splits(train_file=source, validation_split_ratio=base.validation_split_ratio, seed=base.seed,
                         max_train_samples=base.max_train_samples)["train"]

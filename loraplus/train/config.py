@@ -26,7 +26,7 @@ from loraplus.core.rivals import LORA_OPTIMIZERS
 
 TASKS = ("classification", "causal_lm", "sft", "label_words")
 BF16_CHOICES = ("auto", "true", "false")
-LORA_INITS = ("A", "B")  # which factor starts random (models.init_factors)
+LORA_INITS = ("A", "B")  # which factor starts random (lora.init_factors)
 GROUPS = ("model & data", "LoRA", "LoRA+", "training")
 _TRUE, _FALSE, _NONE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}, {"none", "null"}
 _BAD = (ValueError, TypeError, yaml.YAMLError)  # what a value that does not fit its type raises
@@ -245,7 +245,7 @@ def absolute_paths(settings: Mapping[str, Any]) -> dict[str, Any]:
         if key == "model_name_or_path":
             from loraplus.train.models import BUILTIN_MODELS as names
         else:
-            from loraplus.train.data import BUILTIN_DATASETS as names
+            from loraplus.train.sources import BUILTIN_DATASETS as names
         return value in names
 
     out = dict(settings)

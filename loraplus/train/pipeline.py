@@ -8,153 +8,28 @@ from __future__ import annotations
 
 import logging
 import resource
-import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from loraplus.core.errors import LoraPlusError
-from loraplus.train.config import (RESUME_FREE_KEYS, TrainConfig, changed_settings, check_training_arguments,
-                                   describe_changes, training_arguments_kwargs)
+from loraplus.train.config import (RESUME_FREE_KEYS, TrainConfig, check_training_arguments,
+                                   training_arguments_kwargs)
+from loraplus.train.data import PreparedData, prepare_data
 from loraplus.train.distributed import has_cuda
-from loraplus.train.files import as_os_error, check_writable, follow_umask, os_error_line
+from loraplus.train.evaluation import (Evaluation, evaluation_for, logged_evaluation, loop_evaluations, score,
+                                      sorted_by_length)
+from loraplus.train.files import follow_umask
+from loraplus.train.run_folder import (check_output_dir, check_resume_matches, clear_run,
+                                      failures_leave_nothing_to_block)
 
 logger = logging.getLogger("loraplus")
-
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "learning_curves.png", "labels.json",
-             "adapter_config.json", "adapter_model.safetensors", "feature_learning.jsonl", "feature_learning.png",
-             "training_args.bin")
-CONFIG_HEADER = "# resolved config of a run"  # first line of the config.yaml a run writes (TrainConfig.save)
-# What a run has written before its first checkpoint: the Trainer's TensorBoard logs go to runs/.
-STARTED_RUN_FILES = ("config.yaml", "metrics.jsonl", "runs", "diverged.json")
-
-
-@dataclass
-class PreparedData:
-    """Tokenised splits and what the task learned about its labels."""
-
-    splits: object  # datasets.DatasetDict
-    label_names: list[str] | None = None
-    is_regression: bool = False
-    label_words: list[str] | None = None
-
-
-def check_output_dir(cfg: TrainConfig) -> str | None:
-    """Refuse an output_dir holding another run; return the checkpoint to resume from, if any."""
-    out = Path(cfg.output_dir)
-    check_writable(out)
-    resume = cfg.resume_from_checkpoint
-    if resume:
-        # Checkpoints are validated, not just found: a save cut short by a crash leaves a folder that
-        # looks complete (reliability.py). Under torchrun every rank runs this; rank 0 alone warns.
-        from loraplus.train.distributed import is_writer
-        from loraplus.train.reliability import MARKER, NO_MARKER, check_checkpoint, latest_valid_checkpoint
-
-        if resume == "latest":
-            found, skipped = latest_valid_checkpoint(out)
-            for folder, why in skipped if is_writer() else ():
-                logger.warning("skipping %s: %s", folder, why)
-            if found is None and skipped:
-                oldest, why = skipped[-1]
-                raise LoraPlusError(f"--resume_from_checkpoint latest: no checkpoint in {out} is usable (oldest, "
-                                    f"{oldest.name}: {why}); start afresh with --overwrite_output_dir")
-            if found is None:
-                raise LoraPlusError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {out}; "
-                                    "train without it to start a fresh run")
-            return str(found)
-        if not Path(resume).is_dir():
-            raise LoraPlusError(f"checkpoint folder {resume} does not exist; give a checkpoint-N folder or 'latest'")
-        why = check_checkpoint(resume, require_marker=False)
-        if why:
-            raise LoraPlusError(f"cannot resume from {resume}: {why}; give an earlier checkpoint-N folder or 'latest'")
-        if not (Path(resume) / MARKER).is_file() and is_writer():
-            logger.warning("%s has %s; its files look whole, so resuming from it as asked", resume, NO_MARKER)
-        return resume
-    if out.exists() and not out.is_dir():
-        raise LoraPlusError(f"output_dir {out} is a file; choose a folder path")
-    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite_output_dir:
-        if stopped_before_first_checkpoint(out):  # nothing to resume or lose: the rerun replaces it
-            from loraplus.train.distributed import is_writer
-
-            if is_writer():
-                logger.warning("%s holds a run that stopped before its first checkpoint; starting it afresh", out)
-            return None
-        held = ", ".join(sorted(p.name for p in out.iterdir())[:4])
-        raise LoraPlusError(f"output_dir {out} already holds files ({held}); pass --overwrite_output_dir to "
-                            "replace that run, --resume_from_checkpoint latest to continue it, or another --output_dir")
-    return None
-
-
-def stopped_before_first_checkpoint(out: Path) -> bool:
-    """Whether `out` holds only what a run of ours writes before its first checkpoint (config.yaml, metrics,
-    TensorBoard logs, a divergence record): a run that failed or was killed with nothing to resume."""
-    names = {p.name for p in out.iterdir()}
-    if "config.yaml" not in names or not names <= set(STARTED_RUN_FILES):
-        return False
-    with open(out / "config.yaml", encoding="utf-8", errors="replace") as f:  # ours, not a user's own config
-        return f.readline().startswith(CONFIG_HEADER)
-
-
-def _clear_run(out: Path) -> None:
-    """Remove what an earlier run of ours left (never anything else in the folder)."""
-    for name in RUN_FILES + STARTED_RUN_FILES:
-        path = out / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    for old in out.glob("checkpoint-*"):
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def prepare_data(cfg: TrainConfig, tokenizer, label_names: list[str] | None = None, *,
-                 drop_test: bool = False, test_file_only: bool = False) -> PreparedData:
-    """Load the splits named by `cfg` and tokenise them for its task (without the test split if drop_test).
-
-    test_file_only: read cfg.test_file alone, as its only split, "test" (scoring a trained run with its
-    label_names: the training data need not exist any more).
-    """
-    from datasets import DatasetDict
-
-    from loraplus.train import data
-
-    if test_file_only:
-        test = data.load_file(cfg.test_file, "test", cfg.task == "causal_lm")
-        if cfg.max_eval_samples:
-            test = test.select(range(min(cfg.max_eval_samples, len(test))))
-        splits = DatasetDict({"test": test})
-    else:
-        splits = data.load_splits(
-        dataset_name=None if cfg.train_file else cfg.dataset_name, dataset_config_name=cfg.dataset_config_name,
-        train_file=cfg.train_file, validation_file=cfg.validation_file, test_file=cfg.test_file,
-        validation_split_ratio=cfg.validation_split_ratio, seed=cfg.seed,
-        max_train_samples=cfg.max_train_samples, max_eval_samples=cfg.max_eval_samples,
-        text_files=cfg.task == "causal_lm",
-        )
-    if drop_test:  # tuning runs: the test split is never tokenised, evaluated or seen
-        splits.pop("test", None)
-    common = dict(text_column=cfg.text_column, max_length=cfg.max_length)
-    if cfg.task == "classification":
-        tok, names, regression = data.prepare_classification(
-            splits, tokenizer, text_pair_column=cfg.text_pair_column, label_column=cfg.label_column,
-            label_names=label_names, **common)
-        return PreparedData(tok, names, regression)
-    if cfg.task == "label_words":
-        tok, names, words = data.prepare_label_words(
-            splits, tokenizer, text_pair_column=cfg.text_pair_column, label_column=cfg.label_column,
-            label_words=cfg.label_words, prompt_template=cfg.prompt_template, label_names=label_names, **common)
-        return PreparedData(tok, names, False, words)
-    if cfg.task == "sft":
-        return PreparedData(data.prepare_sft(splits, tokenizer, prompt_column=cfg.prompt_column,
-                                             response_column=cfg.response_column,
-                                             messages_column=cfg.messages_column, max_length=cfg.max_length))
-    return PreparedData(data.prepare_causal_lm(splits, tokenizer, **common))
 
 
 def build_model(cfg: TrainConfig, model_path: str, prepared: PreparedData, tokenizer):
     """The base model for the task with LoRA attached (PEFT)."""
-    from loraplus.train.models import attach_lora, load_model, name_base_model
+    from loraplus.train.models import load_model, name_base_model
+    from loraplus.train.lora import attach_lora
 
     id2label = dict(enumerate(prepared.label_names)) if prepared.label_names else None
     model = load_model(model_path, task=cfg.task, num_labels=len(id2label) if id2label else None,
@@ -175,101 +50,6 @@ def build_model(cfg: TrainConfig, model_path: str, prepared: PreparedData, token
     return model
 
 
-@dataclass
-class Evaluation:
-    """How the Trainer evaluates a task: its metric functions and the metric that picks the best checkpoint."""
-
-    compute_metrics: object = None  # Trainer(compute_metrics=...); None: eval_loss only
-    preprocess_logits: object = None  # Trainer(preprocess_logits_for_metrics=...)
-    metric: str = "loss"
-    greater_is_better: bool = False
-
-
-def evaluation_for(cfg: TrainConfig, prepared: PreparedData, tokenizer) -> Evaluation:
-    """Classification: accuracy (Pearson for regression). Label words: accuracy when each word is one token
-    (scored in the Trainer's own evaluation), else eval loss. Language modelling: eval loss."""
-    from loraplus.train.metrics import compute_metrics_for, label_word_eval_for, label_word_ids
-
-    if cfg.task == "classification":
-        compute = compute_metrics_for(cfg.task, prepared.is_regression, len(prepared.label_names or []) or None)
-        return Evaluation(compute, None, "pearson" if prepared.is_regression else "accuracy", True)
-    if cfg.task == "label_words":
-        scored = label_word_eval_for(label_word_ids(tokenizer, prepared.label_words))
-        if scored:
-            return Evaluation(scored[1], scored[0], "accuracy", True)
-    return Evaluation()
-
-
-def _sorted_by_length(dataset):
-    """The split ordered by length: eval batches then pad to near their own length (metrics ignore order)."""
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    return dataset.select(sorted(range(len(lengths)), key=lengths.__getitem__))
-
-
-def _peak_memory_mb() -> float:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def score(cfg: TrainConfig, model, tokenizer, dataset, prepared: PreparedData, trainer=None, prefix="test",
-          logged: dict | None = None) -> dict:
-    """Metrics of `model` on a prepared split: Trainer evaluation, plus label-word accuracy.
-
-    logged: this model's metrics on this split as the training loop already logged them (see
-    `logged_evaluation`); the Trainer evaluation is then not run again.
-    """
-    from loraplus.train.metrics import classification_metrics, score_label_words
-
-    metrics = logged if logged is not None else (
-        trainer.evaluate(dataset, metric_key_prefix=prefix) if trainer is not None else {})
-    if cfg.task == "label_words" and f"{prefix}_accuracy" not in metrics:  # not scored in the evaluation
-        predictions = score_label_words(model, tokenizer, dataset, prepared.label_words,
-                                        batch_size=cfg.per_device_eval_batch_size)
-        labels = [int(y) for y in dataset["label"]]  # a datasets Column, not an array
-        scored = classification_metrics(predictions, labels, len(prepared.label_names))
-        metrics.update({f"{prefix}_{k}": v for k, v in scored.items()})
-    return metrics
-
-
-def _loop_entry(trainer, step: int, prefix: str) -> dict | None:
-    """The training loop's evaluation at `step` (keys `prefix`_*), or None when none fell on that step."""
-    for entry in reversed(trainer.state.log_history):
-        if entry.get("step") == step and f"{prefix}_loss" in entry:
-            return {key: value for key, value in entry.items() if key.startswith(f"{prefix}_")}
-    return None
-
-
-def logged_evaluation(trainer, prefix: str) -> dict | None:
-    """The training loop's own evaluation of the weights the trainer holds now (its keys `prefix`_*).
-
-    The model after training is the last step's, or the best checkpoint's when the Trainer loaded it at the
-    end; the loop has evaluated it on its eval split if an evaluation fell on that step. Evaluating it again
-    costs a full pass for the same numbers (a minute a run for SmolLM2's label words on a CPU).
-    None when no evaluation fell on that step.
-    """
-    state = trainer.state
-    step = state.global_step
-    if trainer.args.load_best_model_at_end and state.best_model_checkpoint:
-        step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
-    return _loop_entry(trainer, step, prefix)
-
-
-def loop_evaluations(trainer, prefix: str, chosen_by: str | None) -> dict:
-    """{"final": the loop's evaluation at the last step, "best": at the checkpoint chosen by `chosen_by`},
-    each with its step; "best" is None when no checkpoint is chosen (compare's final runs, scored on test)."""
-    state = trainer.state
-    final = _loop_entry(trainer, state.global_step, prefix)
-    found = {"final": {"step": state.global_step, **final} if final else None, "best": None}
-    if chosen_by and state.best_model_checkpoint:
-        step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
-        best = _loop_entry(trainer, step, prefix)
-        found["best"] = {"step": step, **best} if best else None
-    return found
-
-
 def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False) -> dict:
     """Run one LoRA+ finetune as configured; write the run folder; return its summary.
 
@@ -280,7 +60,7 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
     """
     from transformers import set_seed
 
-    from loraplus.train.data import data_fingerprint
+    from loraplus.train.sources import data_fingerprint
     from loraplus.train.models import check_max_length, load_tokenizer, resolve_model
     from loraplus.train.distributed import check_engine_settings, cpu_only_launch, is_writer
 
@@ -315,7 +95,7 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
         raise LoraPlusError("this run evaluates on a test split but the data has none; pass --test_file")
     for split in ("validation", "test"):
         if split in prepared.splits:
-            prepared.splits[split] = _sorted_by_length(prepared.splits[split])
+            prepared.splits[split] = sorted_by_length(prepared.splits[split])
     if len(prepared.splits["train"]) == 0:
         raise LoraPlusError("the training split is empty after preprocessing; check --train_file and --max_length")
     set_seed(cfg.seed)  # LoRA's A init draws from the global generator
@@ -347,87 +127,9 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
     run_record = {"settings": {k: v for k, v in cfg.to_dict().items() if k not in RESUME_FREE_KEYS},
                   "data": fingerprint}
     out = Path(cfg.output_dir)
-    with _failures_leave_nothing_to_block(out, args):
+    with failures_leave_nothing_to_block(out, args):
         return _train_in_folder(cfg, out, args, model, tokenizer, prepared, evaluation, resume, run_record,
                                 tuning=tuning, eval_on_test=eval_on_test)
-
-
-def check_resume_matches(cfg: TrainConfig, resume: str, fingerprint: dict) -> None:
-    """Refuse to resume a checkpoint with settings or data other than those it was trained with.
-
-    Resuming restores the checkpoint's optimizer, scheduler and data position: a new learning rate,
-    max_steps or training file would be written into config.yaml while training followed the old ones.
-    The checkpoint's marker records what trained it; an older checkpoint without that record is
-    compared with the run's config.yaml.
-    """
-    import yaml
-
-    from loraplus.train.reliability import checkpoint_run_record
-
-    record = checkpoint_run_record(resume)
-    if record is not None:
-        saved, saved_data = record.get("settings", {}), record.get("data")
-    else:
-        config_file = Path(cfg.output_dir) / "config.yaml"
-        saved = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
-        saved_data = None
-        if saved is None:
-            return  # a checkpoint from elsewhere, without a record: nothing to compare with
-    changes = changed_settings(saved, cfg, RESUME_FREE_KEYS)
-    if changes:
-        raise LoraPlusError(f"{resume} was trained with other settings ({describe_changes(changes)}); resume with "
-                            "the run's own settings (its config.yaml), or start a new run in another --output_dir")
-    if saved_data is not None and saved_data != fingerprint:
-        edited = sorted(k for k in fingerprint.keys() | saved_data.keys() if fingerprint.get(k) != saved_data.get(k))
-        raise LoraPlusError(f"{resume} was trained on other data ({', '.join(edited)} changed since); resume "
-                            "with the same files, or start a new run in another --output_dir")
-
-
-class _failures_leave_nothing_to_block:  # noqa: N801 - used as a context manager, named for what it ensures
-    """A run that fails before its first checkpoint leaves nothing behind (the rerun starts cleanly); one
-    that fails later keeps its checkpoints, and says so. An OS error (full disk, permissions) becomes one
-    line naming the path, what to do, and what was kept. A NaN/Inf stop keeps its record (metrics.jsonl,
-    diverged.json) for the reader; the next run replaces it (`stopped_before_first_checkpoint`)."""
-
-    def __init__(self, out: Path, args):
-        self.out, self.args = out, args
-        self.created = not out.exists()
-        self.before = {p.name for p in out.iterdir()} if out.is_dir() else set()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        from loraplus.train.guard import NonFiniteGradientError
-        from loraplus.train.distributed import is_writer
-        from loraplus.train.reliability import latest_valid_checkpoint
-
-        if error is None or isinstance(error, NonFiniteGradientError):
-            return False
-        kept, _ = latest_valid_checkpoint(self.out)
-        if kept is None and is_writer():
-            self._remove_what_this_run_wrote()
-        os_error = as_os_error(error)
-        if os_error is not None:
-            if os_error.filename is None:  # the Rust writers do not say which file: the run's folder, then
-                os_error.filename = str(self.out)
-            what = (f"{kept.name} is kept: fix that, then continue with --resume_from_checkpoint latest"
-                    if kept is not None else "nothing of this run was kept")
-            raise LoraPlusError(f"{os_error_line(os_error)}; {what}") from error
-        return False
-
-    def _remove_what_this_run_wrote(self) -> None:
-        if not self.out.is_dir():
-            return
-        for path in self.out.iterdir():
-            if path.name in self.before and path.name not in RUN_FILES + STARTED_RUN_FILES:
-                continue  # not ours, or there before the run: never touched
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        if self.created and not any(self.out.iterdir()):
-            self.out.rmdir()
 
 
 def _train_in_folder(cfg: TrainConfig, out: Path, args, model, tokenizer, prepared: PreparedData,
@@ -449,7 +151,7 @@ def _train_in_folder(cfg: TrainConfig, out: Path, args, model, tokenizer, prepar
     if is_writer():
         out.mkdir(parents=True, exist_ok=True)
         if resume is None:
-            _clear_run(out)
+            clear_run(out)
         else:  # checkpoints after the resume point that failed validation: written again, into clean folders
             drop_newer_checkpoints(out, resume)
         cfg.save(str(out / "config.yaml"))
@@ -526,3 +228,11 @@ def _plot(out: Path, cfg: TrainConfig, metric: str, prefix: str = "eval") -> Non
     key = f"{prefix}_{metric}"
     learning_curves({f"ratio {cfg.loraplus_lr_ratio:g}": read_metrics(out / "metrics.jsonl")}, key,
                     out / "learning_curves.png", title=f"{cfg.model_name_or_path}, lr_A {cfg.learning_rate:g}")
+
+
+def _peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

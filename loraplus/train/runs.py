@@ -122,7 +122,8 @@ def evaluate_run(run_dir: str, overrides: list[str] = ()) -> dict:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from loraplus.train.data import collator_for
-    from loraplus.train.pipeline import evaluation_for, prepare_data, score
+    from loraplus.train.data import prepare_data
+    from loraplus.train.evaluation import evaluation_for, score
 
     cfg, labels = load_run_config(run_dir, overrides)
     model, tokenizer = load_trained(run_dir, cfg, labels)
