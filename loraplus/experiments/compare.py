@@ -20,7 +20,8 @@ from loraplus.train.config import TrainConfig, lr_grid, parse_floats, parse_trai
 from loraplus.core.errors import LoraPlusError
 from loraplus.train.distributed import is_writer
 from loraplus.train.files import write_json
-from loraplus.train.runs import check_reusable, greater_is_better, run_cell, run_log
+from loraplus.experiments.selection import best_run, run_score, runs_greater_is_better
+from loraplus.train.runs import check_reusable, run_cell, run_log
 
 # What each arm sets of the adapter's optimisation; everything else is the base config, the same in every arm.
 # A ratio of None makes one arm per --ratios value. Every arm states every key, so an arm means the same
@@ -84,7 +85,7 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
     if unknown:
         raise LoraPlusError(f"unknown method '{unknown[0]}'; use {', '.join(ARMS)}")
     out = Path(output_dir)
-    lr_other = base.loraplus_lr_other or base.learning_rate  # one head lr for every arm
+    lr_other = base.lr_other  # one head lr for every arm
     arms, grids = {}, {}
     for method in methods:
         for name, settings in arm_settings(method, (arm_ratios or {}).get(method, ratios)).items():
@@ -93,7 +94,7 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
                             "tune_max_steps": tune_max_steps}, "arms": {}}
     for arm, settings in arms.items():
         ratio = settings["loraplus_lr_ratio"]
-        tuning, metrics = {}, set()
+        tuning = {}
         for lr in grids[arm]:
             # test_file=None: a tuning run has no business opening the test data at all
             cfg = dataclasses.replace(base, **settings, learning_rate=lr, loraplus_lr_other=lr_other,
@@ -103,12 +104,12 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
             reused = check_reusable(cfg)
             with run_log(Path(cfg.output_dir) / "train.log"):
                 summary = run_cell(cfg, role="tune")
-            tuning[lr] = summary["best_metric"] if summary["best_metric"] is not None else float("nan")
-            metrics.add(summary["metric"])
+            tuning[lr] = summary
             _print_run(f"tune  {arm} lr_A {lr:g}", summary, "validation", reused)
-        greater = greater_is_better(metrics)
-        results["protocol"]["greater_is_better"] = greater
-        chosen = _best(tuning, greater)
+        results["protocol"]["greater_is_better"] = runs_greater_is_better(s["metric"] for s in tuning.values())
+        chosen = best_run(tuning)
+        if chosen is None:
+            raise LoraPlusError("every tuning run diverged (no validation metric); try smaller --lrs")
         finals = {}
         for seed in seeds:
             cfg = dataclasses.replace(base, **settings, learning_rate=chosen, loraplus_lr_other=lr_other,
@@ -121,7 +122,7 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
         results["arms"][arm] = {
             "ratio": ratio, "lrs": grids[arm], "init": settings["lora_init"], "optimizer": settings["lora_optimizer"],
             "variant": "dora" if settings["use_dora"] else "rslora" if settings["use_rslora"] else "lora",
-            "chosen_lr": chosen, "validation_by_lr": {f"{k:g}": v for k, v in tuning.items()},
+            "chosen_lr": chosen, "validation_by_lr": {f"{k:g}": run_score(s) for k, s in tuning.items()},
             "metric": metric,
             "final": [_metric_value(s, "test") for s, _ in finals.values()],
             "curves": {str(seed): _curve(d, metric) for seed, (s, d) in finals.items() if not s.get("diverged")},
@@ -135,13 +136,6 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
         (out / "report.md").write_text(report(results))
         _plot_curves(results, out / "curves.png")
     return results
-
-
-def _best(scores: dict[float, float], greater: bool) -> float:
-    finite = {k: v for k, v in scores.items() if not math.isnan(v)}
-    if not finite:
-        raise LoraPlusError("every tuning run diverged (no validation metric); try smaller --lrs")
-    return (max if greater else min)(finite, key=finite.get)
 
 
 def _mean_curve(curves: dict[str, list]) -> list[tuple[int, float]]:
@@ -267,10 +261,15 @@ def _plot_curves(results: dict, path: Path) -> None:
 
 
 def sweep(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir: str) -> dict:
-    """One tuning run per (lr_A, ratio) cell; heatmap of its final validation metric over (lr_A, lr_B)."""
+    """One tuning run per (lr_A, ratio) cell; heatmap over (lr_A, lr_B) of where each run ended.
+
+    A cell's `value` is its last evaluation (as the paper's heatmaps show), `best` the best over its steps,
+    `score` what selection.run_score ranks it by; the best cell is chosen by that rule, as compare and tune
+    choose theirs.
+    """
     out = Path(output_dir)
-    lr_other = base.loraplus_lr_other or base.learning_rate
-    cells = []
+    lr_other = base.lr_other  # one head lr for every cell
+    cells, summaries = [], {}
     for lr in lrs:
         for ratio in ratios:
             cfg = dataclasses.replace(base, learning_rate=lr, loraplus_lr_ratio=ratio, loraplus_lr_other=lr_other,
@@ -279,12 +278,12 @@ def sweep(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_di
             with run_log(Path(cfg.output_dir) / "train.log"):
                 summary = run_cell(cfg, role="tune")
             _print_run(f"lr_A {lr:g} ratio {ratio:g}", summary, "validation", reused)
+            summaries[len(cells)] = summary
             cells.append({"lr_A": lr, "ratio": ratio, "lr_B": lr * ratio, "metric": summary["metric"],
                           "value": _final_value(cfg.output_dir, summary), "best": summary["best_metric"],
-                          "diverged": "diverged" in summary})
-    scored = [c for c in cells if c["value"] is not None and math.isfinite(c["value"])]
-    greater = greater_is_better({c["metric"] for c in cells})
-    best = (max if greater else min)(scored, key=lambda c: c["value"]) if scored else None
+                          "score": run_score(summary), "diverged": "diverged" in summary})
+    chosen = best_run(summaries)
+    best = cells[chosen] if chosen is not None else None
     result = {"cells": cells, "best": best, "lr_other": lr_other}
     if is_writer():
         out.mkdir(parents=True, exist_ok=True)
@@ -294,8 +293,8 @@ def sweep(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_di
 
 
 def _final_value(run_dir: str, summary: dict) -> float | None:
-    """The metric of the loop's last evaluation: where the run ended, as the paper's heatmaps show, not its
-    best step (a run that peaks and then degrades is not a good cell)."""
+    """The metric of the loop's last evaluation: where the run ended, as the paper's heatmaps show (a run that
+    peaks and then degrades shows it here, beside its score)."""
     if summary.get("diverged") or not summary["metric"]:
         return None
     curve = _curve(run_dir, summary["metric"])
@@ -323,7 +322,8 @@ def _plot_heatmap(cells: list[dict], best: dict | None, path: Path) -> None:
     # grey, behind the cells: the diagonal must show on the white background between them
     ax.plot([lo, hi], [lo, hi], "--", color="0.5", zorder=1, label="ratio 1 (plain LoRA)")
     if best:
-        ax.plot(math.log10(best["lr_A"]), math.log10(best["lr_B"]), "r*", markersize=18, label="best")
+        ax.plot(math.log10(best["lr_A"]), math.log10(best["lr_B"]), "r*", markersize=18,
+                label="chosen (selection rule)")
     ax.margins(0.12)
     ax.set(xlabel="log10 lr_A", ylabel="log10 lr_B", title="final metric per (lr_A, lr_B)")
     ax.legend(loc="lower right")

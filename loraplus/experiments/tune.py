@@ -35,7 +35,8 @@ from pathlib import Path
 
 from loraplus.train.config import TrainConfig, lr_grid, parse_floats, parse_train_args, split_flags
 from loraplus.core.errors import LoraPlusError
-from loraplus.train.runs import check_reusable, greater_is_better, run_cell, run_log
+from loraplus.experiments.selection import ranked, run_score, run_tiebreak, runs_greater_is_better
+from loraplus.train.runs import check_reusable, run_cell, run_log
 from loraplus.train.distributed import is_writer
 from loraplus.train.files import write_json
 
@@ -97,14 +98,11 @@ def successive_halving(cells: list[Cell], rungs: list[Rung], score: Callable[[Ce
         results = {cell: score(cell, k, rung.steps) for cell in alive}
         tiebreak = {cell: r[1] if isinstance(r, tuple) else 0.0 for cell, r in results.items()}
         scored = [(cell, r[0] if isinstance(r, tuple) else r) for cell, r in results.items()]
-        finite = [(cell, v) for cell, v in scored if v is not None and math.isfinite(v)]
-        if not finite:
+        order = ranked(dict(scored), greater() if callable(greater) else greater, tiebreak)  # selection's rule
+        if not order:
             raise LoraPlusError(f"every run of rung {k} diverged or has no validation metric; try smaller --lrs")
-        # stable sort: full ties keep grid order
-        higher = greater() if callable(greater) else greater
-        ranked = sorted(finite, key=lambda cv: (-cv[1] if higher else cv[1], tiebreak[cv[0]]))
         keep = rungs[k + 1].cells if k + 1 < len(rungs) else 1
-        alive = [cell for cell, _ in ranked[:keep]]
+        alive = order[:keep]
         records += [{"rung": k, "steps": rung.steps, "lr": cell[0], "ratio": cell[1], "value": v,
                      "kept": cell in alive} for cell, v in scored]
     return records, alive[0]
@@ -135,7 +133,7 @@ def tune(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir
         budget = default_budget(final_steps, len(cells), eta)
         budget_rule = f"default: {BUDGET_RUNS} x {final_steps} training steps, capped by the last rung's length"
         rungs = plan_rungs(len(cells), eta, budget)
-    lr_other = base.loraplus_lr_other or base.learning_rate  # one head lr for every cell, as in compare
+    lr_other = base.lr_other  # one head lr for every cell, as in compare
     tuning = dataclasses.replace(base, dataset_name=None, dataset_config_name=None, train_file=source,
                                  validation_file=None, test_file=None, loraplus_lr_other=lr_other,
                                  save_steps=None, feature_learning_steps=None)
@@ -152,18 +150,17 @@ def tune(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir
         for checkpoint in run_dir.glob("checkpoint-*"):  # only needed to resume the run mid-way
             shutil.rmtree(checkpoint, ignore_errors=True)
         summaries[cell, rung] = {**summary, "run_dir": str(run_dir.relative_to(out)), "reused": reused}
-        value = _validation_value(summary)
+        value = run_score(summary)
         n = rungs[rung].cells
         done = sum(1 for _, k in summaries if k == rung)
         shown = f"validation {summary['metric']} {value:.4f}" if value is not None else "diverged"
         print(f"rung {rung} [{done:>{len(str(n))}}/{n}] lr_A {cell[0]:<8g} ratio {cell[1]:<4g} {steps} steps: "
               + shown + (" (reused)" if reused else ""), flush=True)
-        loss = summary.get("validation", {}).get("eval_loss")
-        return value, loss if isinstance(loss, (int, float)) and math.isfinite(loss) else math.inf
+        return value, run_tiebreak(summary)
 
     try:
         # the direction follows the metric the runs report (accuracy, pearson or eval loss)
-        records, chosen = successive_halving(cells, rungs, score, greater=lambda: greater_is_better(
+        records, chosen = successive_halving(cells, rungs, score, greater=lambda: runs_greater_is_better(
             s.get("metric") for s in summaries.values()))
     except LoraPlusError:
         if created and not any(out.rglob("summary.json")):  # a config error in the first run: leave nothing
@@ -185,7 +182,7 @@ def tune(base: TrainConfig, *, lrs: list[float], ratios: list[float], output_dir
                  "budget": budget, "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
                  "reused_runs": sum(s["reused"] for s in summaries.values())},
         "protocol": {"lrs": list(dict.fromkeys(lrs)), "ratios": list(dict.fromkeys(ratios)), "eta": eta,
-                     "budget_rule": budget_rule, "greater_is_better": greater_is_better(
+                     "budget_rule": budget_rule, "greater_is_better": runs_greater_is_better(
                          s.get("metric") for s in summaries.values()),
                      "loraplus_lr_other": lr_other,
                      "survivors": "restart with the longer schedule",
@@ -249,12 +246,6 @@ def _training_steps(base: TrainConfig, source: str) -> int:
                         max_train_samples=base.max_train_samples)["train"]
     batches = math.ceil(len(train) / base.per_device_train_batch_size)
     return max(1, math.ceil(base.num_train_epochs * max(1, batches // base.gradient_accumulation_steps)))
-
-
-def _validation_value(summary: dict) -> float | None:
-    """The run's validation metric, measured on the model it delivers (None if it diverged)."""
-    value = summary.get("validation", {}).get(f"eval_{summary['metric']}", summary.get("best_metric"))
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def table(result: dict) -> str:

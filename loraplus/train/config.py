@@ -123,6 +123,11 @@ class TrainConfig:
     report_to: list[str] = _f(["tensorboard"], "logging integrations, e.g. tensorboard,wandb, or none", _T)
     trainer_args: dict[str, Any] = _f({}, "other TrainingArguments fields, forwarded to the Trainer", _T)
 
+    @property
+    def lr_other(self) -> float:
+        """The lr of heads and other non-adapter parameters: loraplus_lr_other, else learning_rate (as param_groups)."""
+        return self.loraplus_lr_other or self.learning_rate
+
     def validate(self) -> None:
         """Raise a one-line LoraPlusError naming the first invalid value and its fix; return when all are valid."""
         for name, hint in _own_hints().items():  # programmatic configs skip the parser's coercion

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from loraplus.train.config import TrainConfig
 from loraplus.train.data import PreparedData
+from loraplus.train.metrics import greater_is_better
 
 
 @dataclass
@@ -17,7 +18,10 @@ class Evaluation:
     compute_metrics: object = None  # Trainer(compute_metrics=...); None: eval_loss only
     preprocess_logits: object = None  # Trainer(preprocess_logits_for_metrics=...)
     metric: str = "loss"
-    greater_is_better: bool = False
+
+    @property
+    def greater_is_better(self) -> bool:
+        return greater_is_better(self.metric)
 
 
 def evaluation_for(cfg: TrainConfig, prepared: PreparedData, tokenizer) -> Evaluation:
@@ -27,11 +31,11 @@ def evaluation_for(cfg: TrainConfig, prepared: PreparedData, tokenizer) -> Evalu
 
     if cfg.task == "classification":
         compute = compute_metrics_for(cfg.task, prepared.is_regression, len(prepared.label_names or []) or None)
-        return Evaluation(compute, None, "pearson" if prepared.is_regression else "accuracy", True)
+        return Evaluation(compute, None, "pearson" if prepared.is_regression else "accuracy")
     if cfg.task == "label_words":
         scored = label_word_eval_for(label_word_ids(tokenizer, prepared.label_words))
         if scored:
-            return Evaluation(scored[1], scored[0], "accuracy", True)
+            return Evaluation(scored[1], scored[0], "accuracy")
     return Evaluation()
 
 

@@ -38,6 +38,16 @@ def regression_metrics(predictions, labels) -> dict[str, float]:
     return {"pearson": pearson, "spearman": spearman, "mse": float(np.mean((predictions - labels) ** 2))}
 
 
+# Metrics where a smaller value is better; every other metric reported here (accuracy, F1, MCC, Pearson,
+# Spearman) is better when larger. The one place a metric's direction is decided (README, "Architecture").
+LOWER_IS_BETTER = frozenset({"loss", "mse"})
+
+
+def greater_is_better(metric: str) -> bool:
+    """Whether a larger value of `metric` (as a run names it: accuracy, pearson, loss, ...) is better."""
+    return metric not in LOWER_IS_BETTER
+
+
 def compute_metrics_for(task: str, is_regression: bool = False, num_labels: int | None = None):
     """A Trainer(compute_metrics=...) function for `task`, or None when eval_loss is the metric.
 

@@ -24,13 +24,6 @@ from loraplus.train.files import write_json
 DIVERGED = "diverged.json"  # in a run folder: the run met a NaN/Inf gradient (its record, so it is not retried)
 
 
-def greater_is_better(metrics) -> bool:
-    """Whether runs reporting these metrics rank higher-first: accuracy / pearson yes, eval loss (language
-    modelling, label words of several tokens) no. Diverged runs report none and do not count."""
-    named = set(metrics) - {None}
-    return bool(named) and "loss" not in named
-
-
 def run_cell(cfg: TrainConfig, *, role: str) -> dict:
     """One run of an experiment (compare, sweep, tune): reused when finished, recorded when it diverges.
 
