@@ -69,7 +69,7 @@ def test_explicit_attention_path_matches_sdpa(monkeypatch):
     with torch.no_grad():
         expected = model.eval()(**batch).logits
     use_cpu_dropout(model)
-    assert model.config._attn_implementation == fast_dropout.ATTENTION_NAME
+    assert model.config._attn_implementation == fast_dropout.CPU_DROPOUT_ATTENTION
     monkeypatch.setattr(fast_dropout, "cpu_dropout", lambda x, p, training: x)
     with torch.no_grad():
         got = model.train()(**batch).logits  # training mode: attention dropout 0.1 takes the explicit path

@@ -72,7 +72,7 @@ def sdpa_cpu_dropout(module, query, key, value, attention_mask, dropout: float =
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 
 
-ATTENTION_NAME = "sdpa_cpu_dropout"
+CPU_DROPOUT_ATTENTION = "sdpa_cpu_dropout"  # the name it registers with transformers
 
 
 def use_cpu_dropout(model: nn.Module) -> int:
@@ -88,7 +88,7 @@ def use_cpu_dropout(model: nn.Module) -> int:
                 swapped += 1
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "_attn_implementation", None) == "sdpa":
-        AttentionInterface.register(ATTENTION_NAME, sdpa_cpu_dropout)
-        AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # the masks SDPA would get
-        model.set_attn_implementation(ATTENTION_NAME)
+        AttentionInterface.register(CPU_DROPOUT_ATTENTION, sdpa_cpu_dropout)
+        AttentionMaskInterface.register(CPU_DROPOUT_ATTENTION, sdpa_mask)  # the masks SDPA would get
+        model.set_attn_implementation(CPU_DROPOUT_ATTENTION)
     return swapped

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-ATTENTION_NAME = "loraplus_packed"
+from loraplus.speed.fast_dropout import CPU_DROPOUT_ATTENTION
+
+PACKED_ATTENTION = "loraplus_packed"  # prefix of the names it registers, one per inner attention
 # attention functions that take a (rows, 1, 1, keys) padding mask: boolean, or additive for eager
-PACKABLE_ATTENTION = ("eager", "sdpa", "sdpa_cpu_dropout")
+PACKABLE_ATTENTION = ("eager", "sdpa", CPU_DROPOUT_ATTENTION)
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 
 
@@ -124,7 +126,7 @@ def enable_packing(model: nn.Module, *, max_groups: int = 4, group_cost: float =
     if (backbone is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES
             or getattr(config, "is_decoder", False) or inner not in PACKABLE_ATTENTION):
         return False
-    name = f"{ATTENTION_NAME}_{inner}"
+    name = f"{PACKED_ATTENTION}_{inner}"
     AttentionInterface.register(name, _packed_attention(inner))
     if inner in ALL_MASK_ATTENTION_FUNCTIONS:
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])  # the inner function's masks
@@ -162,4 +164,4 @@ def enable_packing(model: nn.Module, *, max_groups: int = 4, group_cost: float =
 def is_packed(model: nn.Module) -> bool:
     """Whether `enable_packing` applied to this model (or the model PEFT wraps)."""
     config = getattr(model, "config", None)
-    return str(getattr(config, "_attn_implementation", "")).startswith(ATTENTION_NAME)
+    return str(getattr(config, "_attn_implementation", "")).startswith(PACKED_ATTENTION)

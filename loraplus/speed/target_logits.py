@@ -9,8 +9,8 @@ its reduction (mean, or sum over the step's item count) and everything the Train
 the model's and the Trainer's: only the untargeted rows are never computed.
 
 Evaluation does the same when it needs no logits (a loss-only evaluation), or when its
-`preprocess_logits_for_metrics` says it reads target rows (`takes_target_logits`, the one-token
-label-word scoring of metrics.py); otherwise it keeps full logits for its metrics.
+`preprocess_logits_for_metrics` is a `TargetRowsPreprocessor` (the one-token label-word scoring of
+train/metrics.py); otherwise it keeps full logits for its metrics.
 """
 
 from __future__ import annotations
@@ -22,6 +22,23 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+
+
+class TargetRowsPreprocessor:
+    """A `preprocess_logits_for_metrics` that reads only the logits of positions with a target.
+
+    Wrapping one in this class is how an evaluation says so (the one-token label-word scoring of
+    train/metrics.py does): `TargetLogitsMixin` then computes only those rows in evaluation too, and the
+    function receives them as a (rows, vocabulary) tensor instead of (batch, positions, vocabulary).
+    """
+
+    takes_target_logits = True
+
+    def __init__(self, preprocess):
+        self.preprocess = preprocess
+
+    def __call__(self, logits, labels):
+        return self.preprocess(logits, labels)
 
 
 def position_mask_supported() -> bool:
@@ -69,8 +86,7 @@ class TargetLogitsMixin:
         if not return_outputs:  # a training step: the loss is all that is used
             return True
         # an evaluation step: its logits go to the metrics, unless there are none or they read target rows
-        return self.compute_metrics is None or getattr(self.preprocess_logits_for_metrics, "takes_target_logits",
-                                                       False)
+        return self.compute_metrics is None or isinstance(self.preprocess_logits_for_metrics, TargetRowsPreprocessor)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")

@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 
 from loraplus.core.errors import LoraPlusError
+from loraplus.speed.target_logits import TargetRowsPreprocessor
 
 
 def classification_metrics(predictions, labels, num_labels: int) -> dict[str, float]:
@@ -94,15 +95,14 @@ def label_word_eval_for(word_ids: list[list[int]]):
         before_word = labels.ne(-100).int().argmax(dim=1) - 1  # logits at t predict token t + 1
         return logits[torch.arange(len(labels), device=logits.device), before_word][:, words.to(logits.device)]
 
-    preprocess.takes_target_logits = True  # the Trainer may compute logits at target positions only
-
     def compute(eval_pred) -> dict[str, float]:
         scores, labels = np.asarray(eval_pred.predictions), np.asarray(eval_pred.label_ids)
         word = labels[np.arange(len(labels)), (labels != -100).argmax(axis=1)]
         classes = np.array([class_of[int(t)] for t in word])
         return classification_metrics(scores.argmax(axis=-1), classes, len(word_ids))
 
-    return preprocess, compute
+    # The Trainer may compute logits at target positions only (speed/target_logits.py).
+    return TargetRowsPreprocessor(preprocess), compute
 
 
 def label_word_ids(tokenizer, label_words: list[str]) -> list[list[int]]:
