@@ -15,7 +15,7 @@ _EXPORTS = {
     "create_loraplus_optimizer": "core.optim",
     "LoraPlusTrainer": "core.trainer",
     "LoraPlusTrainingArguments": "core.trainer",
-    "LoraPlusArguments": "core.trainer",
+    "LoraPlusArguments": "core.settings",
     "LoraPlusMixin": "core.trainer",
     "LoraPlusError": "core.errors",
 }

@@ -222,3 +222,24 @@ def test_command_help_prints_its_usage(command, capsys):
     assert main([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: loraplus {command} ") and "unknown" not in out
+
+
+def test_every_loraplus_setting_reaches_the_optimizer_from_the_cli(tmp_path, bert_dir, sentiment):
+    """Each LoRA+ setting of the library is a `loraplus train` key, and its value is the one the optimizer uses."""
+    from loraplus.core.settings import LORAPLUS_SETTINGS
+
+    values = {"loraplus_lr_ratio": 4, "loraplus_lr_embedding": 5e-4, "loraplus_lr_magnitude": 3e-3,
+              "loraplus_lr_other": 2e-3, "loraplus_weight_decay": 0.05, "loraplus_optimizer": "loraplus"}
+    assert set(values) == set(LORAPLUS_SETTINGS)  # a new setting must be added here too
+    out = tmp_path / "dora"
+    assert main(["train", "--model_name_or_path", bert_dir, "--train_file", sentiment["train"],
+                 "--validation_file", sentiment["dev"], "--use_dora", "--weight_decay", "0.01",
+                 "--lora_target_modules", "query,value,word_embeddings", "--warmup_ratio", "0",
+                 *common(out, **values)]) == 0
+    state = torch.load(out / "checkpoint-4" / "optimizer.pt", weights_only=False)
+    groups = {g["name"]: g for g in state["param_groups"]}
+    assert groups["lora_A"]["initial_lr"] == 1e-3 and groups["lora_B"]["initial_lr"] == 4e-3
+    assert groups["lora_A"]["weight_decay"] == groups["lora_B"]["weight_decay"] == 0.05
+    assert groups["lora_magnitude"]["initial_lr"] == 3e-3 and groups["lora_magnitude"]["weight_decay"] == 0.0
+    assert groups["lora_embedding_A"]["initial_lr"] == groups["lora_embedding_B"]["initial_lr"] == 5e-4
+    assert groups["other"]["initial_lr"] == 2e-3 and groups["other"]["weight_decay"] == 0.01

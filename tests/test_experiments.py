@@ -236,7 +236,7 @@ def test_arms_differ_only_in_the_adapters_optimisation(all_arms):
 
     out, _ = all_arms
     configs = {p.parent.name: yaml.safe_load(p.read_text()) for p in (out / "final").glob("*/config.yaml")}
-    adapter_keys = {"learning_rate", "loraplus_lr_ratio", "lora_init", "lora_optimizer", "use_rslora", "use_dora",
+    adapter_keys = {"learning_rate", "loraplus_lr_ratio", "lora_init", "loraplus_optimizer", "use_rslora", "use_dora",
                     "output_dir"}
     reference = configs["lora_seed1"]
     assert len(configs) >= 6
@@ -245,7 +245,7 @@ def test_arms_differ_only_in_the_adapters_optimisation(all_arms):
         assert differ <= adapter_keys, (name, differ - adapter_keys)
         assert config["loraplus_lr_other"] == 5e-4  # the head trains at one lr in every arm
     assert configs["loraplus_init2_r16_seed1"]["lora_init"] == "B"
-    assert configs["lorafa_seed1"]["lora_optimizer"] == "lorafa"
+    assert configs["lorafa_seed1"]["loraplus_optimizer"] == "lorafa"
 
 
 def test_tuning_runs_train_their_own_budget(all_arms):

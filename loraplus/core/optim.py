@@ -17,11 +17,10 @@ from torch import nn
 
 from loraplus.core.errors import LoraPlusError
 from loraplus.core.groups import describe, param_groups
+from loraplus.core.settings import LORAPLUS_DEFAULTS, PEFT_LR_EMBEDDING
 
 logger = logging.getLogger("loraplus")
 
-# PEFT's default: embedding factors nearly frozen unless the caller says otherwise.
-PEFT_DEFAULT_LR_EMBEDDING = 1e-6
 
 
 def _adafactor():
@@ -111,12 +110,12 @@ def create_loraplus_optimizer(
     optimizer_cls=torch.optim.AdamW,
     *,
     lr: float,
-    loraplus_lr_ratio: float,
-    loraplus_lr_embedding: float | None = PEFT_DEFAULT_LR_EMBEDDING,
-    loraplus_weight_decay: float | None = None,
+    loraplus_lr_ratio: float = LORAPLUS_DEFAULTS.loraplus_lr_ratio,
+    loraplus_lr_embedding: float | None = PEFT_LR_EMBEDDING,  # PEFT's, so that its calls train the same
+    loraplus_weight_decay: float | None = LORAPLUS_DEFAULTS.loraplus_weight_decay,
     weight_decay: float | None = None,
-    loraplus_lr_magnitude: float | None = None,
-    loraplus_lr_other: float | None = None,
+    loraplus_lr_magnitude: float | None = LORAPLUS_DEFAULTS.loraplus_lr_magnitude,
+    loraplus_lr_other: float | None = LORAPLUS_DEFAULTS.loraplus_lr_other,
     **optimizer_kwargs,
 ) -> torch.optim.Optimizer:
     """A LoRA+ optimizer: lr_A = lr, lr_B = loraplus_lr_ratio * lr, drop-in for PEFT's function.
@@ -125,7 +124,7 @@ def create_loraplus_optimizer(
         model: a PEFT LoRA model (also wrapped by DDP, or FSDP with use_orig_params=True).
         optimizer_cls: an optimizer class, or a name ("adamw", "adam", "sgd", "adafactor", "adamw_8bit").
         lr: learning rate of the A factors.
-        loraplus_lr_ratio: lr_B / lr_A (paper: about 16).
+        loraplus_lr_ratio: lr_B / lr_A (default 16, the paper's 2^4; PEFT requires it).
         loraplus_lr_embedding: lr of both embedding factors (PEFT's default 1e-6; None = lr).
         loraplus_weight_decay: decay of the LoRA factors (PEFT's name); None = `weight_decay`.
         weight_decay: decay of the other matrices (heads, modules_to_save) and, without

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 from loraplus.core.errors import LoraPlusError
 
-LORA_OPTIMIZERS = ("loraplus", "riemannian", "lorafa")  # config.py reads it: keep this module free of torch imports
-
 
 def riemannian_optimizer_class(model, optimizer_cls: type, *, reg: float = 1e-2) -> type:
     """`optimizer_cls` subclassed by PEFT so that each step preconditions the model's LoRA A and B gradients."""
     try:
         from peft.optimizers import create_riemannian_optimizer
     except ImportError as e:
-        raise LoraPlusError("lora_optimizer riemannian needs PEFT's create_riemannian_optimizer, which this peft "
+        raise LoraPlusError("loraplus_optimizer riemannian needs PEFT's create_riemannian_optimizer, which this peft "
                             "lacks (0.21 has it); pip install -U peft, or use loraplus") from e
     # PEFT builds the class around this model's (A, B) pairs; the instance it returns holds no state yet.
     return type(create_riemannian_optimizer(model, optimizer_cls, lr=1.0, reg=reg))
@@ -38,7 +36,7 @@ def lora_scaling(model) -> float:
 
     values = {v for m in model.modules() if isinstance(m, LoraLayer) for v in m.scaling.values()}
     if len(values) != 1:
-        raise LoraPlusError(f"lora_optimizer lorafa needs one LoRA scaling for every layer, found {sorted(values)}")
+        raise LoraPlusError(f"loraplus_optimizer lorafa needs one LoRA scaling for every layer, found {sorted(values)}")
     return values.pop()
 
 
@@ -52,7 +50,7 @@ def lorafa_optimizer(model, *, lr: float, lr_other: float | None, weight_decay: 
     roles = parameter_roles(model)  # before A is frozen: it must be a LoRA model with A and B
     scaling = lora_scaling(model)
     if any(r in ("lora_magnitude", "lora_embedding_A", "lora_embedding_B") for r in roles.values()):
-        raise LoraPlusError("lora_optimizer lorafa supports LoRA on linear layers only (no DoRA, no embeddings); "
+        raise LoraPlusError("loraplus_optimizer lorafa supports LoRA on linear layers only (no DoRA, no embeddings); "
                             "drop --use_dora and embedding targets, or use loraplus")
     lora, other, other_no_decay = [], [], []
     for name, p in model.named_parameters():

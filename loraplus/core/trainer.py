@@ -13,44 +13,19 @@ DPOConfig gives the defaults below). It needs `pip install trl`; this module nev
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from transformers import Trainer, TrainingArguments
 
 from loraplus.core.errors import LoraPlusError
 from loraplus.core.groups import param_groups
 from loraplus.core.optim import build_optimizer
-
-
-@dataclass
-class LoraPlusArguments:
-    """The LoRA+ settings a Trainer's arguments carry (mixed into any TrainingArguments subclass)."""
-
-    loraplus_lr_ratio: float = field(default=16.0, metadata={"help": "lr_B / lr_A (1 = plain LoRA)."})
-    loraplus_lr_embedding: float | None = field(
-        default=None, metadata={"help": "lr of LoRA embedding factors (default: learning_rate)."}
-    )
-    loraplus_lr_magnitude: float | None = field(
-        default=None, metadata={"help": "lr of DoRA magnitudes (default: learning_rate)."}
-    )
-    loraplus_lr_other: float | None = field(
-        default=None, metadata={"help": "lr of heads, modules_to_save, biases (default: learning_rate)."}
-    )
-    loraplus_weight_decay: float | None = field(
-        default=None, metadata={"help": "weight decay of the LoRA factors (default: weight_decay)."}
-    )
-    loraplus_optimizer: str = field(
-        default="loraplus", metadata={"help": "how the adapter is optimised: loraplus (lr_B = ratio * lr_A), "
-                                              "riemannian or lorafa (PEFT's rivals, over the same groups; rivals.py)."}
-    )
+from loraplus.core.settings import LORAPLUS_OPTIMIZERS, LoraPlusArguments, loraplus_settings
 
 
 @dataclass
 class LoraPlusTrainingArguments(TrainingArguments, LoraPlusArguments):
     """TrainingArguments plus the LoRA+ settings; `learning_rate` is lr_A."""
-
-
-_DEFAULTS = LoraPlusArguments()
 
 
 def _is_factory(optimizer_cls) -> bool:
@@ -84,14 +59,12 @@ class LoraPlusMixin:
                 "use an Adam-type optim such as adamw_torch"
             )
 
-        def setting(name):
-            return getattr(args, name, getattr(_DEFAULTS, name))
-
-        kind = setting("loraplus_optimizer")
+        settings = loraplus_settings(args)  # a plain TrainingArguments (or TRL config) gets the defaults
+        kind = settings["loraplus_optimizer"]
         if kind == "lorafa":
             from loraplus.core.rivals import lorafa_optimizer
 
-            self.optimizer = lorafa_optimizer(opt_model, lr=args.learning_rate, lr_other=setting("loraplus_lr_other"),
+            self.optimizer = lorafa_optimizer(opt_model, lr=args.learning_rate, lr_other=settings["loraplus_lr_other"],
                                               weight_decay=args.weight_decay,
                                               betas=kwargs.get("betas", (0.9, 0.999)), eps=kwargs.get("eps", 1e-6))
             return self.optimizer
@@ -100,16 +73,16 @@ class LoraPlusMixin:
 
             optimizer_cls = riemannian_optimizer_class(opt_model, optimizer_cls)
         elif kind != "loraplus":
-            raise LoraPlusError(f"unknown loraplus_optimizer '{kind}'; use loraplus, riemannian or lorafa")
+            raise LoraPlusError(f"unknown loraplus_optimizer '{kind}'; use one of {', '.join(LORAPLUS_OPTIMIZERS)}")
         groups = param_groups(
             opt_model,
             lr=args.learning_rate,
-            ratio=setting("loraplus_lr_ratio"),
+            ratio=settings["loraplus_lr_ratio"],
             weight_decay=args.weight_decay,
-            lora_weight_decay=setting("loraplus_weight_decay"),
-            lr_embedding=setting("loraplus_lr_embedding"),
-            lr_magnitude=setting("loraplus_lr_magnitude"),
-            lr_other=setting("loraplus_lr_other"),
+            lora_weight_decay=settings["loraplus_weight_decay"],
+            lr_embedding=settings["loraplus_lr_embedding"],
+            lr_magnitude=settings["loraplus_lr_magnitude"],
+            lr_other=settings["loraplus_lr_other"],
         )
         self.optimizer = build_optimizer(opt_model, optimizer_cls, groups, **kwargs)
         return self.optimizer

@@ -26,13 +26,13 @@ from loraplus.train.runs import check_reusable, run_cell, run_log
 # What each arm sets of the adapter's optimisation; everything else is the base config, the same in every arm.
 # A ratio of None makes one arm per --ratios value. Every arm states every key, so an arm means the same
 # whatever the base config says (a base with --use_dora does not turn the lora arm into DoRA).
-ADAPTER_DEFAULTS = {"lora_init": "A", "lora_optimizer": "loraplus", "use_rslora": False, "use_dora": False}
+ADAPTER_DEFAULTS = {"lora_init": "A", "loraplus_optimizer": "loraplus", "use_rslora": False, "use_dora": False}
 ARMS = {
     "lora": {"loraplus_lr_ratio": 1.0},
     "loraplus": {"loraplus_lr_ratio": None},
     "loraplus_init2": {"loraplus_lr_ratio": None, "lora_init": "B"},  # the paper's Init[2]: A = 0, B random
-    "riemannian": {"loraplus_lr_ratio": 1.0, "lora_optimizer": "riemannian"},
-    "lorafa": {"loraplus_lr_ratio": 1.0, "lora_optimizer": "lorafa"},
+    "riemannian": {"loraplus_lr_ratio": 1.0, "loraplus_optimizer": "riemannian"},
+    "lorafa": {"loraplus_lr_ratio": 1.0, "loraplus_optimizer": "lorafa"},
     "rslora": {"loraplus_lr_ratio": 1.0, "use_rslora": True},
     "dora": {"loraplus_lr_ratio": 1.0, "use_dora": True},
 }
@@ -120,7 +120,7 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
             _print_run(f"final {arm} lr_A {chosen:g} seed {seed}", finals[seed][0], "test", reused)
         metric = next((s["metric"] for s, _ in finals.values() if s["metric"]), None)
         results["arms"][arm] = {
-            "ratio": ratio, "lrs": grids[arm], "init": settings["lora_init"], "optimizer": settings["lora_optimizer"],
+            "ratio": ratio, "lrs": grids[arm], "init": settings["lora_init"], "optimizer": settings["loraplus_optimizer"],
             "variant": "dora" if settings["use_dora"] else "rslora" if settings["use_rslora"] else "lora",
             "chosen_lr": chosen, "validation_by_lr": {f"{k:g}": run_score(s) for k, s in tuning.items()},
             "metric": metric,

@@ -22,7 +22,7 @@ import yaml
 
 from loraplus.core.errors import LoraPlusError
 from loraplus.train.files import write_text_atomic
-from loraplus.core.rivals import LORA_OPTIMIZERS
+from loraplus.core.settings import LORAPLUS_OPTIMIZERS, LoraPlusArguments
 
 TASKS = ("classification", "causal_lm", "sft", "label_words")
 BF16_CHOICES = ("auto", "true", "false")
@@ -44,8 +44,8 @@ _D, _L, _P, _T = GROUPS
 
 
 @dataclass
-class TrainConfig:
-    """Every setting of `loraplus train`; Hugging Face names where one exists, LoRA+ defaults from the paper."""
+class TrainConfig(LoraPlusArguments):
+    """Every setting of `loraplus train`; Hugging Face names where one exists, LoRA+ settings from the library."""
 
     model_name_or_path: str = _f("minilm", "local HF model dir, hub id, or alias minilm / smollm2-135m", _D)
     task: str = _f("classification", "classification | causal_lm | sft | label_words (a causal LM scores "
@@ -80,11 +80,7 @@ class TrainConfig:
     lora_init: str = _f("A", "which factor starts random: A (PEFT's default, B = 0; the paper's Init[1]) or B "
                         "(A = 0, B Kaiming-uniform; Init[2], the LoRA+ authors' default)", _L)
 
-    loraplus_lr_ratio: float = _f(16.0, "lambda = lr_B / lr_A (paper: about 2^4); 1 means plain LoRA", _P)
-    loraplus_lr_embedding: float | None = _f(None, "lr of LoRA embedding A (none = learning_rate)", _P)
-    loraplus_lr_other: float | None = _f(None, "lr of heads, other non-adapter params (none = learning_rate)", _P)
-    lora_optimizer: str = _f("loraplus", "how the adapter is optimised: loraplus (lr_B = ratio x lr_A), riemannian "
-                             "(PEFT's preconditioning of A and B) or lorafa (PEFT's LoRA-FA: A frozen)", _P)
+    # The LoRA+ group: every field of LoraPlusArguments (core/settings.py), inherited with its default and help.
 
     output_dir: str = _f("loraplus-output", "where checkpoints, adapter, metrics and config go", _T)
     learning_rate: float = _f(2e-4, "lr_A, the learning rate of A; lr_B = loraplus_lr_ratio * lr_A", _T)
@@ -149,8 +145,13 @@ class TrainConfig:
              f"loraplus_lr_other must be a number > 0, got {self.loraplus_lr_other}; or none for learning_rate"),
             (self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}; try 8"),
             (self.lora_init in LORA_INITS, f"lora_init must be A or B, got {self.lora_init!r}"),
-            (self.lora_optimizer in LORA_OPTIMIZERS,
-             f"lora_optimizer must be one of {', '.join(LORA_OPTIMIZERS)}, got {self.lora_optimizer!r}"),
+            (self.loraplus_lr_magnitude is None or _positive(self.loraplus_lr_magnitude),
+             f"loraplus_lr_magnitude must be a number > 0, got {self.loraplus_lr_magnitude}; "
+             "or none for learning_rate"),
+            (self.loraplus_weight_decay is None or self.loraplus_weight_decay >= 0,
+             f"loraplus_weight_decay must be >= 0, got {self.loraplus_weight_decay}; or none for weight_decay"),
+            (self.loraplus_optimizer in LORAPLUS_OPTIMIZERS,
+             f"loraplus_optimizer must be one of {', '.join(LORAPLUS_OPTIMIZERS)}, got {self.loraplus_optimizer!r}"),
             (_positive(self.lora_alpha), f"lora_alpha must be a number > 0, got {self.lora_alpha}; try 2 * lora_r"),
             (0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout}; try 0.05"),
             (tm != [] and ((isinstance(tm, list) and "all-linear" not in tm) or tm in (None, "all-linear")),
@@ -280,7 +281,8 @@ def changed_settings(saved: Mapping[str, Any], cfg: "TrainConfig",
     read back from YAML, so a tuple and a list, or 1e-3 and 0.001, are the same setting.
     """
     wanted = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))
-    saved = absolute_paths(saved)  # a run saved with relative paths (older loraplus) names the same files
+    # a run saved by an older loraplus: relative paths name the same files, a renamed key the same setting
+    saved = absolute_paths({_norm(k): v for k, v in saved.items()})
     defaults = yaml.safe_load(yaml.safe_dump(TrainConfig().to_dict()))
     return [(k, saved.get(k, defaults.get(k)), wanted.get(k)) for k in sorted(wanted.keys() | saved.keys())
             if k not in ignore and saved.get(k, defaults.get(k)) != wanted.get(k)]
@@ -360,7 +362,7 @@ def train_help() -> str:
              "A bool flag alone means true (--use_dora)."]
     for group in GROUPS:
         lines += ["", f"{group}:"]
-        for f in (f for f in dataclasses.fields(TrainConfig) if f.metadata["group"] == group):
+        for f in (f for f in dataclasses.fields(TrainConfig) if f.metadata.get("group", _P) == group):
             default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
             shown = "none" if default is None else ",".join(default) if isinstance(default, list) else default
             shown = str(shown).lower() if isinstance(shown, bool) else shown
@@ -468,9 +470,15 @@ def _fail(message: str) -> NoReturn:
     raise LoraPlusError(" ".join(message.splitlines()))
 
 
+# Keys that were renamed: a config or a run folder written with the old name still reads the same.
+RENAMED_KEYS = {"lora_optimizer": "loraplus_optimizer"}
+
+
 def _norm(key: Any) -> str:
-    """A key as written in a flag or YAML, with hyphens read as underscores (--learning-rate)."""
-    return str(key).strip().replace("-", "_")
+    """A key as written in a flag or YAML, with hyphens read as underscores (--learning-rate), under its
+    current name."""
+    key = str(key).strip().replace("-", "_")
+    return RENAMED_KEYS.get(key, key)
 
 
 @functools.lru_cache(maxsize=1)

@@ -119,11 +119,10 @@ def train(cfg: TrainConfig, *, tuning: bool = False, eval_on_test: bool = False)
     kwargs.setdefault("disable_tqdm", not sys.stderr.isatty())
     kwargs.setdefault("dataloader_pin_memory", has_cuda())
     kwargs.pop("resume_from_checkpoint", None)
+    from loraplus.core.settings import loraplus_settings
     from loraplus.core.trainer import LoraPlusTrainingArguments
 
-    args = LoraPlusTrainingArguments(**kwargs, loraplus_lr_ratio=cfg.loraplus_lr_ratio,
-                                     loraplus_lr_embedding=cfg.loraplus_lr_embedding,
-                                     loraplus_lr_other=cfg.loraplus_lr_other, loraplus_optimizer=cfg.lora_optimizer)
+    args = LoraPlusTrainingArguments(**kwargs, **loraplus_settings(cfg))
     run_record = {"settings": {k: v for k, v in cfg.to_dict().items() if k not in RESUME_FREE_KEYS},
                   "data": fingerprint}
     out = Path(cfg.output_dir)
