@@ -288,3 +288,15 @@ def test_max_steps_is_minus_one_or_positive(steps):
 def test_repeated_label_word_is_named():
     """A label word given twice is refused, naming it."""
     assert "'yes' is given twice" in one_line_error(parse_train_args, ["--label_words", "yes,no,yes"])
+
+
+def test_a_renamed_key_reads_as_its_new_name():
+    """`lora_optimizer` (older configs and run folders) is `loraplus_optimizer`: set by it, and unchanged when
+    an old run's config is compared with a new one."""
+    from loraplus.train.config import changed_settings
+
+    cfg = TrainConfig.from_dict({"lora_optimizer": "riemannian", "loraplus_lr_ratio": 1.0})
+    assert cfg.loraplus_optimizer == "riemannian"
+    old_run = {k: v for k, v in cfg.to_dict().items() if k != "loraplus_optimizer"} | {"lora_optimizer": "riemannian"}
+    assert changed_settings(old_run, cfg) == []
+    assert [k for k, _, _ in changed_settings(old_run | {"lora_optimizer": "lorafa"}, cfg)] == ["loraplus_optimizer"]
