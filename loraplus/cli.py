@@ -28,7 +28,8 @@ commands:
   toy [--model paper|linear] [--widths 100 --steps 200 ...]
                                           the paper's section-3.2 toy (or a linear one): train and test loss
                                           over (lr_A, lr_B) per width, cells within 1% of the best marked
-  diagnose RUN_DIR [RUN_DIR ...]          delta_A vs delta_B over training (needs --feature_learning_steps)
+  diagnose RUN_DIR [RUN_DIR ...] [--output_dir D]
+                                          delta_A vs delta_B over training (needs --feature_learning_steps)
 """
 
 

@@ -235,3 +235,19 @@ def test_diagnose_without_records_is_one_line_error(tmp_path):
     with pytest.raises(LoraPlusError) as err:
         diagnose(tmp_path)
     assert "\n" not in str(err.value) and "--feature_learning_steps" in str(err.value)
+
+
+def test_diagnose_output_dir_holds_one_plot_per_run(tmp_path):
+    """`--output_dir D`, as every command names its output: each run's plot lands in D under the run's name."""
+    runs = []
+    for name, ratio in (("lora", 1.0), ("loraplus", 16.0)):
+        run = tmp_path / name
+        run.mkdir()
+        records = [{"step": s, "layer": "all", "delta_A": 1e-3, "delta_B": 1e-3 * ratio, "cross": 0.0,
+                    "feature": 1.0, "norm_A": 1.0, "norm_B": 1.0} for s in (1, 2, 3, 4)]
+        (run / "feature_learning.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        runs.append(str(run))
+    assert main_diagnose([*runs, "--output_dir", str(tmp_path / "plots")]) == 0
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["lora_feature_learning.png",
+                                                                     "loraplus_feature_learning.png"]
+    assert not (tmp_path / "lora" / "feature_learning.png").exists()

@@ -120,7 +120,8 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
             _print_run(f"final {arm} lr_A {chosen:g} seed {seed}", finals[seed][0], "test", reused)
         metric = next((s["metric"] for s, _ in finals.values() if s["metric"]), None)
         results["arms"][arm] = {
-            "ratio": ratio, "lrs": grids[arm], "init": settings["lora_init"], "optimizer": settings["loraplus_optimizer"],
+            "ratio": ratio, "lrs": grids[arm], "init": settings["lora_init"],
+            "optimizer": settings["loraplus_optimizer"],
             "variant": "dora" if settings["use_dora"] else "rslora" if settings["use_rslora"] else "lora",
             "chosen_lr": chosen, "validation_by_lr": {f"{k:g}": run_score(s) for k, s in tuning.items()},
             "metric": metric,

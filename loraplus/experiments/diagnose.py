@@ -134,29 +134,36 @@ def _plot(records: list[dict], path: Path, title: str) -> Path:
     return path
 
 
-USAGE = "usage: loraplus diagnose RUN_DIR [RUN_DIR ...] [--output PNG]"
+USAGE = "usage: loraplus diagnose RUN_DIR [RUN_DIR ...] [--output_dir D | --output PNG]"
 
 
 def main_diagnose(argv: list[str]) -> int:
-    """`loraplus diagnose RUN_DIR [RUN_DIR ...] [--output PNG]`: print one verdict per run, write plots."""
+    """`loraplus diagnose RUN_DIR [RUN_DIR ...] [--output_dir D | --output PNG]`: one verdict per run, and plots.
+
+    A run's plot goes into the run folder by default; `--output_dir D` (the output flag of every command)
+    puts each into D as <run folder name>_feature_learning.png; `--output PNG` names the file of one run.
+    """
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0
-    argv = [part for a in argv for part in (a.split("=", 1) if a.startswith("--output=") else [a])]
-    runs, output = [], None
+    argv = [part for a in argv for part in (a.split("=", 1) if a.startswith(("--output=", "--output_dir=")) else [a])]
+    runs, output, output_dir = [], None, None
     while argv:
         arg = argv.pop(0)
         if arg == "--output" and argv:
             output = argv.pop(0)
+        elif arg == "--output_dir" and argv:
+            output_dir = argv.pop(0)
         elif arg.startswith("-"):
             raise LoraPlusError(f"unknown option {arg}; {USAGE}")
         else:
             runs.append(arg)
-    if not runs or (output and len(runs) > 1):
-        raise LoraPlusError(f"{USAGE} (--output only with one RUN_DIR)" if runs else USAGE)
+    if not runs or (output and (len(runs) > 1 or output_dir)):
+        raise LoraPlusError(f"{USAGE} (--output only with one RUN_DIR, and not with --output_dir)" if runs else USAGE)
     for run in runs:  # every run checked before any plot is written
         _require_records(run)
     for run in runs:
-        result = diagnose(run, output=output)
+        plot = output or (Path(output_dir) / f"{Path(run).resolve().name}_{PLOT_FILE}" if output_dir else None)
+        result = diagnose(run, output=plot)
         print(f"{result['message']}\nplot: {result['plot']}")
     return 0
