@@ -193,7 +193,8 @@ def report(results: dict) -> str:
                      f"{_mean_std(arm['final'])} | {_mean_std(best)} | {reached} | {speedup} |")
     lines += ["", "Validation metric by learning rate (tuning runs):", ""]
     for name, arm in results["arms"].items():
-        scores = ", ".join(f"{lr}: {v:.4f}" for lr, v in arm["validation_by_lr"].items())
+        scores = ", ".join(f"{lr}: {v:.4f}" if v is not None else f"{lr}: diverged"
+                       for lr, v in arm["validation_by_lr"].items())
         lines.append(f"- {name}: {scores}")
     lines += ["", "## Findings", "", *findings(results)]
     return "\n".join(lines) + "\n"

@@ -135,13 +135,10 @@ def _train_in_folder(cfg: TrainConfig, out: Path, args, model, tokenizer, prepar
                      evaluation: Evaluation, resume: str | None, run_record: dict, *, tuning: bool,
                      eval_on_test: bool) -> dict:
     """Train in the run folder and write its files (every check has passed)."""
-    from loraplus.train.data import collator_for
-    from loraplus.speed.packing import is_packed
     from loraplus.train.distributed import is_writer, wait_for_everyone
     from loraplus.train.files import write_json
-    from loraplus.train.reliability import CheckpointCompleteCallback, drop_newer_checkpoints
-    from loraplus.train.run_trainer import RunTrainer
-    from loraplus.train.metrics_log import JsonlMetricsCallback
+    from loraplus.train.reliability import drop_newer_checkpoints
+    from loraplus.train.run_trainer import build_trainer
 
     # Under torchrun / accelerate launch every rank runs this function: the writer (distributed.is_writer,
     # rank 0) alone prepares the folder, after every rank has passed check_output_dir and before any goes
@@ -155,25 +152,10 @@ def _train_in_folder(cfg: TrainConfig, out: Path, args, model, tokenizer, prepar
             drop_newer_checkpoints(out, resume)
         cfg.save(str(out / "config.yaml"))
     wait_for_everyone(args)
-    trainer = RunTrainer(
-        model=model, args=args, train_dataset=prepared.splits["train"],
-        eval_dataset=prepared.splits["test" if eval_on_test else "validation"],
-        data_collator=collator_for(cfg.task, tokenizer),
-        compute_metrics=evaluation.compute_metrics, preprocess_logits_for_metrics=evaluation.preprocess_logits,
-        processing_class=tokenizer,
-        callbacks=[JsonlMetricsCallback(out / "metrics.jsonl", resumed_from=resume),
-                   CheckpointCompleteCallback(run_record)],
-        # a packed encoder pays for real tokens only: a batch gains nothing from micro-batches
-        length_micro_batches=1 if is_packed(model) else cfg.length_micro_batches,
-        length_micro_batch_cost=cfg.length_micro_batch_cost,
-    )
+    trainer = build_trainer(cfg, args, model, tokenizer, prepared, evaluation, out=out, resume=resume,
+                            run_record=run_record, eval_on_test=eval_on_test)
     looped = "test" if eval_on_test else "validation"  # the split the training loop evaluates
     prefixes = {"validation": "eval", "test": "test"}
-    trainer.loop_eval_prefix = prefixes[looped]
-    if cfg.feature_learning_steps:
-        from loraplus.train.feature_learning import attach_feature_learning
-
-        attach_feature_learning(trainer, cfg.feature_learning_steps)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.perf_counter() - start
