@@ -19,6 +19,7 @@ model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", target_modules=["qu
 optimizer = loraplus.create_loraplus_optimizer(model, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=8)
 lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
 assert lrs["lora_B"] == 8 * lrs["lora_A"], lrs
-cli = subprocess.run([sys.executable, "-m", "loraplus.cli", "train"], capture_output=True, text=True)
+python = [sys.executable, *(["-S"] if sys.flags.no_site else [])]  # the same environment as this one
+cli = subprocess.run([*python, "-m", "loraplus.cli", "train"], capture_output=True, text=True)
 assert cli.returncode == 2 and "loraplus[cli]" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1, cli
 print(f"core install ok: lrs {lrs}")
