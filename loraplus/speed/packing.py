@@ -1,4 +1,4 @@
-"""Run an encoder's layers on the batch's real tokens only: padding costs nothing outside attention.
+"""Run a model's layers on the batch's real tokens only: padding costs nothing outside attention.
 
 A random batch of MNLI pairs padded to its longest example is 56% padding; sorted micro-batches
 (sampling.py) cut that to 18% but run smaller matrix products, each with a fixed cost. Here the whole
@@ -9,14 +9,19 @@ model's own attention function with a padding mask. After the last layer the out
 (padding positions hold zeros). Position and token-type embeddings are added before packing, so each
 token keeps its place in its sequence: the model computes the same function, on fewer tokens.
 
-Supported: encoders built like BERT (a module with `embeddings` and `encoder.layer`, attention through
-transformers' attention-function registry); `enable_packing` says whether it applied. Only training
-steps pack; evaluation runs the model unchanged.
+Supported: encoders built like BERT (a module with `embeddings` and `encoder.layer`), and Llama-family
+decoders (a module with `embed_tokens`, `rotary_emb` and `layers`: Llama, Mistral, Qwen2, SmolLM2). A
+decoder packs at its first layer and unpacks after its last: each token keeps the rotary position
+embedding of its place in its row, and attention in each group is causal within each row. Attention goes
+through transformers' attention-function registry; `enable_packing` says whether it applied. Only training
+steps pack (a decoder: right-padded batches, not under gradient checkpointing); evaluation runs the model
+unchanged.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +33,7 @@ PACKED_ATTENTION = "loraplus_packed"  # prefix of the names it registers, one pe
 # attention functions that take a (rows, 1, 1, keys) padding mask: boolean, or additive for eager
 PACKABLE_ATTENTION = ("eager", "sdpa", CPU_DROPOUT_ATTENTION)
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
+SUPPORTED_DECODER_TYPES = ("llama", "mistral", "qwen2")
 
 
 @dataclass
@@ -38,9 +44,10 @@ class _Packing:
     batch: int
     length: int
     groups: list[tuple[int, int, torch.Tensor, torch.Tensor]]  # (first, end) packed token, grid index, key mask
+    causal: bool = False  # a decoder's rows: each token sees the tokens before it in its own row only
 
     @classmethod
-    def of(cls, mask: torch.Tensor, max_groups: int, group_cost: float) -> "_Packing":
+    def of(cls, mask: torch.Tensor, max_groups: int, group_cost: float, causal: bool = False) -> "_Packing":
         """Rows packed longest first, cut into attention groups of similar lengths (sampling.micro_batch_cuts)."""
         from loraplus.speed.sampling import micro_batch_cuts
 
@@ -59,7 +66,7 @@ class _Packing:
             grid_index = torch.arange(keys.numel(), device=mask.device).view_as(keys)[keys]
             groups.append((first, first + len(grid_index), grid_index, keys))
             first, row = first + len(grid_index), end_row
-        return cls(index, batch, length, groups)
+        return cls(index, batch, length, groups, causal)
 
 
 def pack(x: torch.Tensor, packing: _Packing) -> torch.Tensor:
@@ -76,11 +83,12 @@ def unpack(x: torch.Tensor, packing: _Packing) -> torch.Tensor:
 def _packed_attention(inner_name: str):
     """An attention function for packed layers: `inner_name` on each group's own padded layout."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    from transformers.models.bert.modeling_bert import eager_attention_forward  # BERT's; its kin copy it
 
     def attention(module, query, key, value, attention_mask, **kwargs):
         packing = kwargs.pop("loraplus_packing", None)
-        inner = ALL_ATTENTION_FUNCTIONS.get_interface(inner_name, eager_attention_forward)
+        # "eager" is not in the registry: each model's file has its own (Llama's repeats grouped keys and values)
+        own_eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+        inner = ALL_ATTENTION_FUNCTIONS.get_interface(inner_name, own_eager)
         if packing is None:
             return inner(module, query, key, value, attention_mask, **kwargs)
         outputs, weights = [], None
@@ -92,6 +100,8 @@ def _packed_attention(inner_name: str):
                 grid = tokens.new_zeros((rows * width, *tokens.shape[1:])).index_copy(0, grid_index, tokens)
                 padded.append(grid.view(rows, width, *tokens.shape[1:]).transpose(1, 2))
             mask = keys[:, None, None, :]
+            if packing.causal:  # (rows, 1, width, width): the row's own keys, up to the query's place
+                mask = mask & torch.ones(width, width, dtype=torch.bool, device=keys.device).tril()
             if inner_name == "eager":  # eager attention adds its mask to the scores
                 mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
                     ~mask, torch.finfo(query.dtype).min)
@@ -111,26 +121,98 @@ def _bert_like(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def enable_packing(model: nn.Module, *, max_groups: int = 4, group_cost: float = 128) -> bool:
-    """Pack the encoder's layers in training steps; False (nothing changed) if the model is not supported.
+def _decoder_like(model: nn.Module) -> nn.Module | None:
+    """The module holding `embed_tokens`, `rotary_emb` and `layers` (LlamaModel and kin), if the model has one."""
+    for module in model.modules():
+        if (hasattr(module, "embed_tokens") and hasattr(module, "rotary_emb")
+                and isinstance(getattr(module, "layers", None), nn.ModuleList) and len(module.layers)):
+            return module
+    return None
 
-    Attention runs per group of rows of similar length (at most `max_groups`, cut as micro-batches are:
-    `group_cost` padded tokens is what one more group must save), so it pads little too.
-    """
+
+def _register_attention(model: nn.Module, inner: str) -> None:
+    """Route the model's attention through the packed function around its own `inner` one."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-    config = getattr(model, "config", None)
-    backbone = _bert_like(model)
-    inner = getattr(config, "_attn_implementation", None)
-    if (backbone is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES
-            or getattr(config, "is_decoder", False) or inner not in PACKABLE_ATTENTION):
-        return False
     name = f"{PACKED_ATTENTION}_{inner}"
     AttentionInterface.register(name, _packed_attention(inner))
     if inner in ALL_MASK_ATTENTION_FUNCTIONS:
         AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[inner])  # the inner function's masks
     model.set_attn_implementation(name)
+
+
+def _enable_decoder_packing(model: nn.Module, backbone: nn.Module, inner: str, max_groups: int,
+                            group_cost: float) -> bool:
+    """Pack a Llama-family decoder between its first layer's input and its last layer's output."""
+    _register_attention(model, inner)
+    state: dict = {}
+    signature = inspect.signature(backbone.forward)
+    layers = list(backbone.layers)
+
+    def remember_mask(module, args, kwargs):
+        state.clear()  # a forward that raised must not leave its packing to the next one
+        mask = signature.bind_partial(*args, **kwargs).arguments.get("attention_mask")
+        # Gradient checkpointing re-runs layers in the backward pass, after this forward's packing is gone.
+        # Left padding: the loss reads the last pad position's logits (they predict each row's first token),
+        # and packed pad positions hold zeros, not what the model computes there; so only right padding packs.
+        if (module.training and torch.is_tensor(mask) and mask.dim() == 2 and not bool(mask.all())
+                and bool((mask[:, 1:] <= mask[:, :-1]).all()) and not getattr(module, "gradient_checkpointing", False)):
+            state["mask"] = mask
+
+    def pack_layer_input(module, args, kwargs):
+        if module is layers[0] and "mask" in state:
+            mask = state.pop("mask")
+            batch, length = mask.shape
+            packing = _Packing.of(mask, max_groups, group_cost, causal=True)
+            cos, sin = kwargs["position_embeddings"]  # (1 or batch, length, head_dim): one per place in a row
+            positions = kwargs.get("position_ids")
+            state["packed"] = {
+                "position_embeddings": tuple(pack(t.expand(batch, length, *t.shape[2:]), packing) for t in (cos, sin)),
+                "position_ids": None if positions is None else pack(positions.expand(batch, length)[..., None],
+                                                                   packing)[..., 0],
+                "attention_mask": None, "loraplus_packing": packing}
+            state["packing"] = packing
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            return (pack(hidden, packing), *args[1:]), {**kwargs, **state["packed"]}
+        if "packed" in state:
+            return args, {**kwargs, **state["packed"]}
+        return None
+
+    def unpack_last_output(module, args, kwargs, output):
+        packing = state.pop("packing", None)
+        state.pop("packed", None)
+        if packing is None:
+            return output
+        if isinstance(output, tuple):  # older releases return (hidden_states, ...)
+            return (unpack(output[0], packing), *output[1:])
+        return unpack(output, packing)
+
+    backbone.register_forward_pre_hook(remember_mask, with_kwargs=True)
+    for layer in layers:
+        layer.register_forward_pre_hook(pack_layer_input, with_kwargs=True)
+    layers[-1].register_forward_hook(unpack_last_output, with_kwargs=True)
+    return True
+
+
+def enable_packing(model: nn.Module, *, max_groups: int = 4, group_cost: float = 128) -> bool:
+    """Pack the model's layers in training steps; False (nothing changed) if the model is not supported.
+
+    Attention runs per group of rows of similar length (at most `max_groups`, cut as micro-batches are:
+    `group_cost` padded tokens is what one more group must save), so it pads little too.
+    """
+    config = getattr(model, "config", None)
+    inner = getattr(config, "_attn_implementation", None)
+    model_type = getattr(config, "model_type", None)
+    if inner not in PACKABLE_ATTENTION:
+        return False
+    decoder = _decoder_like(model) if model_type in SUPPORTED_DECODER_TYPES else None
+    if decoder is not None:
+        return _enable_decoder_packing(model, decoder, inner, max_groups, group_cost)
+    backbone = _bert_like(model)
+    if backbone is None or model_type not in SUPPORTED_MODEL_TYPES or getattr(config, "is_decoder", False):
+        return False
+    _register_attention(model, inner)
 
     state: dict = {}
     signature = inspect.signature(backbone.forward)

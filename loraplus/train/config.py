@@ -101,9 +101,9 @@ class TrainConfig(LoraPlusArguments):
     resume_from_checkpoint: str | None = _f(None, "checkpoint directory to resume from", _T)
     overwrite_output_dir: bool = _f(False, "allow writing into a non-empty output_dir", _T)
     bf16: str = _f("auto", "bfloat16 mixed precision: auto (if the GPU supports it) | true | false", _T)
-    packed_sequences: bool = _f(True, "run a BERT-like encoder's layers on the batch's real tokens only, "
-                                "padding only inside attention (same function, fewer tokens); other "
-                                "models run length-sorted micro-batches", _T)
+    packed_sequences: bool = _f(True, "run a BERT-like encoder's or a Llama-family decoder's layers on the "
+                                "batch's real tokens only, padding only inside attention (same function, "
+                                "fewer tokens); other models run length-sorted micro-batches", _T)
     length_micro_batches: int = _f(4, "sort each random batch by length and run it as up to this many "
                                    "micro-batches, each padded to its own longest, cut where that saves "
                                    "most (same batch, same gradient, less padding); 1 = one padded batch", _T)

@@ -43,7 +43,7 @@ def build_model(cfg: TrainConfig, model_path: str, prepared: PreparedData, token
         from loraplus.speed.fast_dropout import use_cpu_dropout
 
         use_cpu_dropout(model.get_base_model())
-    if cfg.packed_sequences:  # encoders only; other models keep micro-batches (packing.py, sampling.py)
+    if cfg.packed_sequences:  # BERT-like encoders, Llama-family decoders; others keep micro-batches (speed/)
         from loraplus.speed.packing import enable_packing
 
         enable_packing(model.get_base_model())
