@@ -1,7 +1,7 @@
 """Causal-LM SFT speed: `loraplus train --task sft` against TRL's SFTTrainer and plain PEFT + Trainer, side by side.
 
     python benchmarks/sft_speed.py [--steps 40] [--repeats 3] [--batch 8] [--max_length 512]
-        [--arms loraplus,trl_default,trl_padding_free,trl_packing,peft_trainer] [--data MIX.jsonl]
+        [--arms loraplus,loraplus_micro,trl_default,trl_padding_free,trl_packing,peft_trainer] [--data MIX.jsonl]
         [--packing_rows R] [--glue ../shared/data/glue] [--work bench-runs/sft_speed]
         [--out results/sft_speed/sft_speed.json]
 
@@ -28,9 +28,11 @@ followed by the generation prompt `<|im_start|>assistant\\n`, and the completion
 
 - `loraplus`: `loraplus train --task sft` on the prompt/completion JSONL (`--prompt_column prompt
   --response_column completion`). The CLI renders the chat template and labels the response's tokens (by
-  character offsets: the completion above) and -100 elsewhere. Its own speed paths stay on: each random batch
-  is sorted by length and run as up to 4 micro-batches padded to their own longest row, and logits are
-  computed at target positions only.
+  character offsets: the completion above) and -100 elsewhere. Its own speed paths stay on: the decoder runs
+  packed (every layer but attention on the batch's real tokens only, attention per group of rows of similar
+  length; before that speed path, each random batch ran as up to 4 sorted micro-batches), and logits are
+  computed at target positions only. Its "computed / real" counts the positions given to the model, padding
+  included; a packed model's linear layers compute the real tokens only.
 - `trl_default`: TRL's `SFTTrainer` + `SFTConfig` on the same rows as a conversational prompt-completion
   dataset (prompt and completion as lists of turns), `peft_config` the same LoRA, TRL's own tokenisation,
   default collator (`DataCollatorForLanguageModeling`: each batch padded to its longest row) and default
@@ -114,7 +116,8 @@ LORA_R, LORA_ALPHA = 8, 16
 N_DEV = 16
 
 ARMS = {
-    "loraplus": "`loraplus train --task sft` (sorted micro-batches, target-position logits)",
+    "loraplus": "`loraplus train --task sft` (packed decoder, target-position logits)",
+    "loraplus_micro": "`loraplus train --task sft --packed_sequences false` (sorted micro-batches, target logits)",
     "trl_default": "TRL SFTTrainer, default collator (pad to batch's longest)",
     "trl_padding_free": "TRL SFTTrainer, padding_free=True",
     "trl_packing": "TRL SFTTrainer, packing=True (bfd), rows of max_length",
@@ -373,7 +376,7 @@ def trl_arm(out: Path, meter: StepMeter, variant: str) -> dict:
             "collator": type(trainer.data_collator).__name__}
 
 
-def loraplus_argv(out: Path) -> list[str]:
+def loraplus_argv(out: Path, packed: bool = True) -> list[str]:
     return ["train", "--task", "sft", "--model_name_or_path", MODEL, "--train_file", ARGS.train_file,
             "--validation_file", ARGS.dev_file, "--prompt_column", "prompt", "--response_column", "completion",
             "--output_dir", str(out), "--overwrite_output_dir", "--max_length", str(ARGS.max_length),
@@ -385,10 +388,10 @@ def loraplus_argv(out: Path) -> list[str]:
             "--report_to", "none", "--bf16", "false",
             # train alone, as the baselines: no evaluation or checkpoint inside the timing
             "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
-            *shlex.split(ARGS.loraplus_args or "")]
+            *([] if packed else ["--packed_sequences", "false"]), *shlex.split(ARGS.loraplus_args or "")]
 
 
-def loraplus_arm(out: Path, meter: StepMeter) -> dict:
+def loraplus_arm(out: Path, meter: StepMeter, packed: bool = True) -> dict:
     """The CLI's own entry point in this process, with the meter added to the Trainer it builds."""
     import transformers
 
@@ -405,7 +408,7 @@ def loraplus_arm(out: Path, meter: StepMeter) -> dict:
             meter.train_call_seconds = time.perf_counter() - start
 
     transformers.Trainer.train = train
-    argv = loraplus_argv(out)
+    argv = loraplus_argv(out, packed)
     code = loraplus_main(argv)
     if code != 0:
         raise RuntimeError(f"loraplus {' '.join(argv)} exited {code}")
@@ -419,8 +422,8 @@ def loraplus_arm(out: Path, meter: StepMeter) -> dict:
 
 def run_one_arm(arm: str, out: Path) -> dict:
     meter = StepMeter()
-    if arm == "loraplus":
-        extra = loraplus_arm(out, meter)
+    if arm in ("loraplus", "loraplus_micro"):
+        extra = loraplus_arm(out, meter, packed=arm == "loraplus")
     elif arm == "peft_trainer":
         extra = peft_trainer_arm(out, meter)
     else:
