@@ -180,11 +180,8 @@ def test_a_gpt2_causal_lm_is_left_unpacked():
     assert model.config._attn_implementation == before
 
 
-def test_packed_training_trains_the_adapter_of_one_padded_batch(tmp_path, tokenizer, monkeypatch):
-    """`loraplus train` end to end, without dropout: packed and plain padded batches log the same loss at every
-    step and give one adapter, and the packed run did pack (every training forward), the plain one never."""
-    model = save_tiny_bert(tmp_path / "bert", tokenizer, dropout=0.0)
-    write_sentiment_csvs(tmp_path)
+def train_packed_and_plain(tmp_path, monkeypatch, data_args: list[str], steps: int):
+    """`loraplus train` twice, packed and not, without dropout: each run's adapter, logged losses and pack count."""
     packs = []
     original = loraplus.speed.packing.pack
     monkeypatch.setattr(loraplus.speed.packing, "pack", lambda x, p: packs.append(x.shape) or original(x, p))
@@ -192,20 +189,29 @@ def test_packed_training_trains_the_adapter_of_one_padded_batch(tmp_path, tokeni
     for packed in ("true", "false"):
         packs.clear()
         out = tmp_path / f"packed-{packed}"
-        assert main(["train", "--model_name_or_path", model, "--train_file", str(tmp_path / "train.csv"),
-                     "--validation_file", str(tmp_path / "dev.csv"), "--output_dir", str(out),
-                     "--per_device_train_batch_size", "8", "--length_micro_batches", "1",
-                     "--packed_sequences", packed, "--max_steps", "6", "--learning_rate", "1e-2",
-                     "--lora_dropout", "0", "--report_to", "none", "--fast_cpu_dropout", "false",
-                     "--logging_steps", "1"]) == 0
+        assert main(["train", *data_args, "--output_dir", str(out), "--per_device_train_batch_size", "8",
+                     "--length_micro_batches", "1", "--packed_sequences", packed, "--max_steps", str(steps),
+                     "--learning_rate", "1e-2", "--lora_dropout", "0", "--report_to", "none",
+                     "--fast_cpu_dropout", "false", "--logging_steps", "1"]) == 0
         adapters.append(load_file(out / "adapter_model.safetensors"))
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         losses.append([r["loss"] for r in records if "loss" in r])
         packs_per_run.append(len(packs))
-    assert packs_per_run[0] >= 6 and packs_per_run[1] == 0, packs_per_run  # 6 training steps packed, then evals not
-    assert len(losses[0]) == 6 and losses[0] == pytest.approx(losses[1], rel=1e-5)
     diff = max((adapters[0][k] - adapters[1][k]).abs().max().item() for k in adapters[0])
     moved = max(adapters[0][k].abs().max().item() for k in adapters[0] if "lora_B" in k)
+    return losses, packs_per_run, moved, diff
+
+
+def test_packed_training_trains_the_adapter_of_one_padded_batch(tmp_path, tokenizer, monkeypatch):
+    """`loraplus train` end to end, without dropout: packed and plain padded batches log the same loss at every
+    step and give one adapter, and the packed run did pack (every training forward), the plain one never."""
+    model = save_tiny_bert(tmp_path / "bert", tokenizer, dropout=0.0)
+    write_sentiment_csvs(tmp_path)
+    losses, packs_per_run, moved, diff = train_packed_and_plain(
+        tmp_path, monkeypatch, ["--model_name_or_path", model, "--train_file", str(tmp_path / "train.csv"),
+                                "--validation_file", str(tmp_path / "dev.csv")], steps=6)
+    assert packs_per_run[0] >= 6 and packs_per_run[1] == 0, packs_per_run  # 6 training steps packed, then evals not
+    assert len(losses[0]) == 6 and losses[0] == pytest.approx(losses[1], rel=1e-5)
     assert moved > 1e-3 and diff < 1e-5, (moved, diff)
 
 
@@ -222,25 +228,9 @@ def test_packed_decoder_training_matches_one_padded_batch(tmp_path, llama_dir, t
     else:
         train = write_csv(tmp_path / "train.csv", [{"text": " ".join(WORDS[j % 6] for j in range(i % 7 + 1)),
                                                     "label": "x"} for i in range(32)])
-    packs = []
-    original = loraplus.speed.packing.pack
-    monkeypatch.setattr(loraplus.speed.packing, "pack", lambda x, p: packs.append(x.shape) or original(x, p))
-    adapters, losses, packs_per_run = [], [], []
-    for packed in ("true", "false"):
-        packs.clear()
-        out = tmp_path / f"packed-{packed}"
-        assert main(["train", "--model_name_or_path", llama_dir, "--task", task, "--train_file", train,
-                     "--validation_split_ratio", "0.25", "--output_dir", str(out), "--per_device_train_batch_size",
-                     "8", "--length_micro_batches", "1", "--packed_sequences", packed, "--max_steps", "5",
-                     "--learning_rate", "1e-2", "--lora_dropout", "0", "--report_to", "none",
-                     "--fast_cpu_dropout", "false", "--logging_steps", "1"]) == 0
-        adapters.append(load_file(out / "adapter_model.safetensors"))
-        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        losses.append([r["loss"] for r in records if "loss" in r])
-        packs_per_run.append(len(packs))
-    # each training step packs 3 tensors (hidden states, cos, sin) and the position ids
-    assert packs_per_run[0] >= 5 and packs_per_run[1] == 0, packs_per_run
+    losses, packs_per_run, moved, diff = train_packed_and_plain(
+        tmp_path, monkeypatch, ["--model_name_or_path", llama_dir, "--task", task, "--train_file", train,
+                                "--validation_split_ratio", "0.25"], steps=5)
+    assert packs_per_run[0] >= 5 and packs_per_run[1] == 0, packs_per_run  # every training step packed
     assert len(losses[0]) == 5 and losses[0] == pytest.approx(losses[1], rel=1e-5)
-    diff = max((adapters[0][k] - adapters[1][k]).abs().max().item() for k in adapters[0])
-    moved = max(adapters[0][k].abs().max().item() for k in adapters[0] if "lora_B" in k)
     assert moved > 1e-3 and diff < 1e-5, (moved, diff)
