@@ -33,8 +33,15 @@ commands:
 """
 
 
+# Packages of the cli extra that only one feature needs; each is named where that feature starts, so a
+# machine without them can still run everything else: the smollm2-135m alias (GGUF conversion, models.py)
+# and --report_to tensorboard (config.py).
+NEEDED_BY_ONE_FEATURE = ("gguf", "tensorboard")
+
+
 def missing_cli_packages() -> list[str]:
-    """The packages of pyproject's cli extra that are not installed (`pip install loraplus` leaves them out)."""
+    """The packages of pyproject's cli extra that are not installed (`pip install loraplus` leaves them out),
+    leaving out those NEEDED_BY_ONE_FEATURE."""
     import importlib.metadata
 
     from packaging.requirements import Requirement
@@ -45,7 +52,8 @@ def missing_cli_packages() -> list[str]:
         return []
     missing = []
     for req in requirements:
-        if req.marker is not None and req.marker.evaluate({"extra": "cli"}) and not req.marker.evaluate({"extra": ""}):
+        if (req.marker is not None and req.marker.evaluate({"extra": "cli"}) and not req.marker.evaluate({"extra": ""})
+                and req.name not in NEEDED_BY_ONE_FEATURE):
             try:
                 importlib.metadata.distribution(req.name)
             except importlib.metadata.PackageNotFoundError:

@@ -43,11 +43,10 @@ def _install_closure(extras: tuple[str, ...] = ()) -> set[str]:
     return seen
 
 
-@pytest.fixture(scope="module")
-def core_install(tmp_path_factory) -> Path:
-    """A site folder holding only the core install's distributions (links into this environment's own)."""
-    site = tmp_path_factory.mktemp("core-site")
-    for name in ["loraplus", *_install_closure()]:
+def _site(folder: Path, distributions) -> Path:
+    """A site folder holding only these distributions (links into this environment's own), and loraplus' metadata."""
+    site = folder
+    for name in ["loraplus", *distributions]:
         dist = importlib.metadata.distribution(name)
         for top in {Path(str(f)).parts[0] for f in dist.files or []}:
             if name == "loraplus" and not top.endswith(".dist-info"):  # the code comes from this repository
@@ -56,6 +55,12 @@ def core_install(tmp_path_factory) -> Path:
             if top not in ("..", "__pycache__") and source.exists() and not (site / top).exists():
                 (site / top).symlink_to(source)
     return site
+
+
+@pytest.fixture(scope="module")
+def core_install(tmp_path_factory) -> Path:
+    """What `pip install loraplus` installs."""
+    return _site(tmp_path_factory.mktemp("core-site"), _install_closure())
 
 
 def _run_isolated(site: Path, code: str) -> subprocess.CompletedProcess:
@@ -78,3 +83,14 @@ def test_core_install_builds_an_optimizer_and_the_cli_names_its_extra(core_insta
     script = (REPO / ".ci" / "check_core_install.py").read_text()
     result = _run_isolated(core_install, script)
     assert result.returncode == 0 and "core install ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_the_cli_runs_without_the_packages_one_feature_needs(tmp_path):
+    """Without gguf (the smollm2-135m alias) and tensorboard (--report_to tensorboard) every other command still
+    starts: the missing-extra line is not printed, the command's own error is (its config file is missing)."""
+    from loraplus.cli import NEEDED_BY_ONE_FEATURE
+
+    site = _site(tmp_path, _install_closure(("cli",)) - set(NEEDED_BY_ONE_FEATURE))
+    result = _run_isolated(site, "import sys; from loraplus.cli import main; sys.exit(main(['sweep', 'config.yaml']))")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "loraplus[cli]" not in result.stderr and "config file not found" in result.stderr, result.stderr[-3000:]

