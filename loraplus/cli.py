@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -15,7 +16,8 @@ USAGE = """usage: loraplus <command> [args]
 commands:
   train [CONFIG.yaml] [--key value ...]   finetune with LoRA+ (train --help lists every key)
   eval RUN_DIR [--key value ...]          score a trained adapter (default: the run's test split)
-  merge RUN_DIR OUT_DIR                   write base + adapter merged into one model folder
+  merge RUN_DIR OUT_DIR                   write base + adapter merged into one model folder (OUT_DIR may
+                                          also be given as --output_dir OUT_DIR)
   demo [--output_dir D] [--max_steps N]   offline: LoRA vs LoRA+ on MiniLM + Rotten Tomatoes
   compare CONFIG [--methods lora,loraplus,...] [--seeds 1,2] [--lrs ...] [--lrs_METHOD ...] [--ratios 16]
                                           each method at its own tuned lr, then per seed: report, curves;
@@ -146,12 +148,23 @@ def _eval(argv: list[str]) -> int:
     return 0
 
 
+@dataclasses.dataclass
+class MergeArguments:
+    """`loraplus merge RUN_DIR OUT_DIR`; the output folder may also be given as --output_dir, like every command's."""
+
+    output_dir: str | None = None
+
+
 def _merge(argv: list[str]) -> int:
-    if len(argv) != 2:
-        raise LoraPlusError("usage: loraplus merge RUN_DIR OUT_DIR")
+    from loraplus.train.arguments import parse_command
+
+    flags, paths = parse_command(MergeArguments, argv, "merge", positionals=True)
+    paths += [flags.output_dir] if flags.output_dir else []
+    if len(paths) != 2:
+        raise LoraPlusError("usage: loraplus merge RUN_DIR OUT_DIR (or RUN_DIR --output_dir OUT_DIR)")
     from loraplus.train.runs import merge_run
 
-    print(f"merged model written to {merge_run(argv[0], argv[1])}")
+    print(f"merged model written to {merge_run(*paths)}")
     return 0
 
 

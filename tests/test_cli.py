@@ -143,13 +143,14 @@ def test_adapter_loads_with_peft(classifier_run, bert_dir):
     assert any("lora_B" in n for n, _ in model.named_parameters())
 
 
-def test_merge_predicts_like_adapter(classifier_run, tmp_path, tokenizer):
-    """merge writes a plain model whose logits equal base + adapter's."""
+@pytest.mark.parametrize("target", [[], ["--output_dir"]], ids=["OUT_DIR", "--output_dir OUT_DIR"])
+def test_merge_predicts_like_adapter(classifier_run, tmp_path, tokenizer, target):
+    """merge writes a plain model whose logits equal base + adapter's, its folder given either way."""
     from transformers import AutoModelForSequenceClassification
 
     from loraplus.train.runs import load_run_config, load_trained
 
-    assert main(["merge", str(classifier_run), str(tmp_path / "merged")]) == 0
+    assert main(["merge", str(classifier_run), *target, str(tmp_path / "merged")]) == 0
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     adapted, _ = load_trained(str(classifier_run), *load_run_config(str(classifier_run)))
     batch = tokenizer(WORDS, padding=True, return_tensors="pt")

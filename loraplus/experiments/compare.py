@@ -16,11 +16,12 @@ import math
 import statistics
 from pathlib import Path
 
-from loraplus.train.config import TrainConfig, lr_grid, parse_floats, parse_train_args, split_flags
+from loraplus.train.arguments import parse_own_flags, positive_numbers
+from loraplus.train.config import TrainConfig, parse_train_args
 from loraplus.core.errors import LoraPlusError
 from loraplus.train.distributed import is_writer
 from loraplus.train.files import write_json
-from loraplus.experiments.selection import best_run, run_score, runs_greater_is_better
+from loraplus.experiments.selection import best_run, lr_grid, run_score, runs_greater_is_better
 from loraplus.train.runs import check_reusable, run_cell, run_log
 
 # What each arm sets of the adapter's optimisation; everything else is the base config, the same in every arm.
@@ -334,44 +335,77 @@ def _plot_heatmap(cells: list[dict], best: dict | None, path: Path) -> None:
     plt.close(fig)
 
 
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclasses.dataclass
+class CompareArguments:
+    """compare's own flags; the others are `loraplus train` keys, shared by every run."""
+
+    methods: list[str] = dataclasses.field(default_factory=lambda: ["lora", "loraplus"], metadata=_help(
+        f"the arms, comma-separated: {', '.join(ARMS)}"))
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [1, 2], metadata=_help("final-run seeds"))
+    lrs: list[float] | None = dataclasses.field(default=None, metadata=_help(
+        "lr_A grid of every arm (none = learning_rate x 1/4 .. 4)"))
+    ratios: list[float] | None = dataclasses.field(default=None, metadata=_help(
+        "ratio grid of the LoRA+ arms (none = loraplus_lr_ratio)"))
+    output_dir: str | None = dataclasses.field(default=None, metadata=_help("where runs and the report go "
+                                                                             "(none = output_dir)"))
+    tune_max_steps: int | None = dataclasses.field(default=None, metadata=_help(
+        "steps of each tuning run (none = the final runs' budget)"))
+
+
+# An lr grid per arm (--lrs_lora ...) and a ratio grid per arm whose ratio is tuned (--ratios_loraplus ...).
+ARM_GRIDS = {f"lrs_{method}": method for method in ARMS}
+ARM_RATIOS = {f"ratios_{method}": method for method in ARMS if ARMS[method]["loraplus_lr_ratio"] is None}
+CompareFlags = dataclasses.make_dataclass("CompareFlags", [
+    (name, list[float] | None, dataclasses.field(default=None, metadata=_help(f"the {what} grid of {method}")))
+    for grids, what in ((ARM_GRIDS, "lr_A"), (ARM_RATIOS, "ratio")) for name, method in grids.items()],
+    bases=(CompareArguments,))
+
+
 def main_compare(argv: list[str]) -> int:
     """loraplus compare CONFIG [--methods lora,loraplus] [--seeds 1,2] [--lrs ...] [--ratios 16] [--key value]."""
-    own_grids = tuple(f"--lrs_{method}" for method in ARMS)
-    own_ratios = tuple(f"--ratios_{method}" for method in ARMS if ARMS[method]["loraplus_lr_ratio"] is None)
-    mine, rest = split_flags(argv, ("--methods", "--seeds", "--lrs", "--ratios", "--output_dir", "--tune_max_steps",
-                                    *own_grids, *own_ratios))
-    base = parse_train_args(rest)
-    lrs = lr_grid(mine.get("--lrs"), base.learning_rate)
-    try:
-        seeds = [int(v) for v in mine.get("--seeds", "1,2").split(",") if v.strip()]
-    except ValueError as e:
-        raise LoraPlusError(f"--seeds takes comma-separated integers, e.g. 1,2; got {mine['--seeds']!r}") from e
-    if not seeds:
+    mine, rest = parse_own_flags(CompareFlags, argv, "compare")
+    base = parse_train_args(rest, command_flags=[f.name for f in dataclasses.fields(CompareFlags)])
+    if not mine.seeds:
         raise LoraPlusError("--seeds needs at least one integer seed")
-    ratios = parse_floats("--ratios", mine.get("--ratios", f"{base.loraplus_lr_ratio:g}"))
-    methods = [m.strip() for m in mine.get("--methods", "lora,loraplus").split(",") if m.strip()]
-    output_dir = mine.get("--output_dir", base.output_dir)
-    arm_lrs = {flag[len("--lrs_"):]: parse_floats(flag, mine[flag]) for flag in own_grids if flag in mine}
-    arm_ratios = {flag[len("--ratios_"):]: parse_floats(flag, mine[flag]) for flag in own_ratios if flag in mine}
-    tune_steps = mine.get("--tune_max_steps")
-    if tune_steps is not None and not (tune_steps.isdigit() and int(tune_steps) > 0):
-        raise LoraPlusError(f"--tune_max_steps takes a number of optimizer steps > 0, got {tune_steps!r}")
-    results = compare(base, methods=methods, seeds=seeds, lrs=lrs, ratios=ratios, output_dir=output_dir,
-                      arm_lrs=arm_lrs, arm_ratios=arm_ratios, tune_max_steps=int(tune_steps) if tune_steps else None)
+    output_dir = mine.output_dir or base.output_dir
+    arm_lrs = {method: positive_numbers(f"--{flag}", getattr(mine, flag))
+               for flag, method in ARM_GRIDS.items() if getattr(mine, flag) is not None}
+    arm_ratios = {method: positive_numbers(f"--{flag}", getattr(mine, flag))
+                  for flag, method in ARM_RATIOS.items() if getattr(mine, flag) is not None}
+    if mine.tune_max_steps is not None and mine.tune_max_steps <= 0:
+        raise LoraPlusError(f"--tune_max_steps takes a number of optimizer steps > 0, got {mine.tune_max_steps}")
+    results = compare(base, methods=mine.methods, seeds=mine.seeds, lrs=lr_grid(mine.lrs, base.learning_rate),
+                      ratios=positive_numbers("--ratios", mine.ratios or [base.loraplus_lr_ratio]),
+                      output_dir=output_dir, arm_lrs=arm_lrs, arm_ratios=arm_ratios,
+                      tune_max_steps=mine.tune_max_steps)
     print(report(results))
     print(f"report.md, curves.png and results.json in {output_dir}")
     return 0
 
 
+@dataclasses.dataclass
+class SweepArguments:
+    """sweep's own flags; the others are `loraplus train` keys, shared by every cell."""
+
+    lr: list[float] | None = dataclasses.field(default=None, metadata=_help("lr_A values, e.g. 1e-4,3e-4"))
+    ratio: list[float] = dataclasses.field(default_factory=lambda: [1.0, 4.0, 16.0], metadata=_help(
+        "lr_B / lr_A values"))
+    output_dir: str | None = dataclasses.field(default=None, metadata=_help("where the cells and the heatmap go "
+                                                                             "(none = output_dir)"))
+
+
 def main_sweep(argv: list[str]) -> int:
     """loraplus sweep CONFIG --lr 1e-4,3e-4 --ratio 1,4,16 [--key value ...]."""
-    mine, rest = split_flags(argv, ("--lr", "--ratio", "--output_dir"))
-    base = parse_train_args(rest)
-    if "--lr" not in mine:
+    mine, rest = parse_own_flags(SweepArguments, argv, "sweep")
+    base = parse_train_args(rest, command_flags=[f.name for f in dataclasses.fields(SweepArguments)])
+    if not mine.lr:
         raise LoraPlusError("sweep needs --lr with comma-separated lr_A values, e.g. --lr 1e-4,3e-4,1e-3")
-    lrs = parse_floats("--lr", mine["--lr"])
-    ratios = parse_floats("--ratio", mine.get("--ratio", "1,4,16"))
-    output_dir = mine.get("--output_dir", base.output_dir)
+    lrs, ratios = positive_numbers("--lr", mine.lr), positive_numbers("--ratio", mine.ratio)
+    output_dir = mine.output_dir or base.output_dir
     result = sweep(base, lrs=lrs, ratios=ratios, output_dir=output_dir)
     best = result["best"]
     for c in result["cells"]:

@@ -7,10 +7,11 @@ advice, section 4) and B at 16x that. The demo shows the tool; the tuned compari
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from loraplus.train.config import TrainConfig
-from loraplus.core.errors import LoraPlusError
+from loraplus.train.arguments import given_values, parse_command
 
 LORA_LR = 1e-3  # MiniLM is small: its useful LoRA learning rates are high (results/glue: 3e-3 tuned best)
 ARMS = {
@@ -19,21 +20,21 @@ ARMS = {
 }
 
 
+@dataclasses.dataclass
+class DemoArguments:
+    """`loraplus demo` flags: where it writes, and how to shrink it; one not given takes demo_configs' default."""
+
+    output_dir: str | None = None
+    max_steps: int | None = None
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    eval_steps: int | None = None
+
+
 def parse_demo_args(argv: list[str]) -> dict:
-    """--output_dir D, and --max_steps / --max_train_samples / --max_eval_samples / --eval_steps N to shrink it."""
-    known = {"--output_dir": str, "--max_steps": int, "--max_train_samples": int, "--max_eval_samples": int,
-             "--eval_steps": int}
-    out, i = {}, 0
-    while i < len(argv):
-        flag = argv[i]
-        if flag not in known or i + 1 >= len(argv):
-            raise LoraPlusError(f"demo takes {', '.join(known)} with a value each; got '{flag}'")
-        try:
-            out[flag[2:]] = known[flag](argv[i + 1])
-        except ValueError as e:
-            raise LoraPlusError(f"bad value for {flag}: {argv[i + 1]!r}") from e
-        i += 2
-    return out
+    """The keyword arguments of run_demo given by `--output_dir D` and the --max_steps / --max_train_samples /
+    --max_eval_samples / --eval_steps N flags."""
+    return given_values(parse_command(DemoArguments, argv, "demo")[0])
 
 
 # Half an epoch of the 10,248 training snippets at batch 32: both arms fit in 10 minutes on 2 CPU cores.

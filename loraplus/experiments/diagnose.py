@@ -6,11 +6,13 @@ module only reads them, so it works on a run that is still training.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from pathlib import Path
 
 from loraplus.core.errors import LoraPlusError
+from loraplus.train.arguments import parse_command
 from loraplus.train.feature_learning import PLOT_FILE, RECORDS_FILE
 from loraplus.train.files import read_jsonl
 
@@ -134,6 +136,15 @@ def _plot(records: list[dict], path: Path, title: str) -> Path:
     return path
 
 
+@dataclasses.dataclass
+class DiagnoseArguments:
+    """`loraplus diagnose` flags; the run folders are its positional arguments."""
+
+    output_dir: str | None = dataclasses.field(default=None, metadata={
+        "help": "put each run's plot here, as <run folder name>_feature_learning.png (none = in the run folder)"})
+    output: str | None = dataclasses.field(default=None, metadata={"help": "the plot file of one run"})
+
+
 USAGE = "usage: loraplus diagnose RUN_DIR [RUN_DIR ...] [--output_dir D | --output PNG]"
 
 
@@ -146,18 +157,8 @@ def main_diagnose(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE)
         return 0
-    argv = [part for a in argv for part in (a.split("=", 1) if a.startswith(("--output=", "--output_dir=")) else [a])]
-    runs, output, output_dir = [], None, None
-    while argv:
-        arg = argv.pop(0)
-        if arg == "--output" and argv:
-            output = argv.pop(0)
-        elif arg == "--output_dir" and argv:
-            output_dir = argv.pop(0)
-        elif arg.startswith("-"):
-            raise LoraPlusError(f"unknown option {arg}; {USAGE}")
-        else:
-            runs.append(arg)
+    flags, runs = parse_command(DiagnoseArguments, argv, "diagnose", positionals=True)
+    output, output_dir = flags.output, flags.output_dir
     if not runs or (output and (len(runs) > 1 or output_dir)):
         raise LoraPlusError(f"{USAGE} (--output only with one RUN_DIR, and not with --output_dir)" if runs else USAGE)
     for run in runs:  # every run checked before any plot is written

@@ -13,7 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Mapping
 
+from loraplus.train.arguments import positive_numbers
 from loraplus.train.metrics import greater_is_better
+
+
+def lr_grid(given: list[float] | None, learning_rate: float) -> list[float]:
+    """The --lrs grid of compare and tune: the given values, else the config's learning_rate x 1/4 .. 4."""
+    return positive_numbers("--lrs", given or [float(f"{learning_rate * f:g}") for f in (0.25, 0.5, 1, 2, 4)])
 
 
 def run_score(summary: Mapping) -> float | None:

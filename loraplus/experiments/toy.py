@@ -27,6 +27,7 @@ within 10% of the best) and the valley (best lr_A at each lr_B) are reported nex
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -36,6 +37,7 @@ from pathlib import Path
 import torch
 
 from loraplus.core.errors import LoraPlusError
+from loraplus.train.arguments import given_values, parse_command, parse_own_flags
 
 DEFAULT_LRS = tuple(2.0**k for k in range(-16, 1))  # brackets Theta(1/n) for A and Theta(1) for B up to n = 8192
 NEAR = 1.1  # cells within 10% of the best loss form the near-best band reported next to the argmin
@@ -287,18 +289,38 @@ def _plot_ratio(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-FLAGS = {"widths": "ints", "steps": int, "seeds": "ints", "rank": int, "output_dir": str, "log2_lr_min": float,
-         "log2_lr_max": float, "batch_size": int, "input_dim": int, "threads": int}
+@dataclasses.dataclass
+class LinearToyArguments:
+    """`loraplus toy --model linear` flags; one not given takes run_toy's default (shown by --help)."""
+
+    widths: list[int] | None = None
+    steps: int | None = None
+    seeds: list[int] | None = None
+    rank: int | None = None
+    output_dir: str | None = None
+    log2_lr_min: float | None = None
+    log2_lr_max: float | None = None
+    batch_size: int | None = None
+    input_dim: int | None = None
+    threads: int | None = None
+
+
+@dataclasses.dataclass
+class ToyModelArguments:
+    """The flag that picks the toy; the model's own flags follow (LinearToyArguments, PaperToyArguments)."""
+
+    model: str = "paper"
 
 
 MODELS = ("paper", "linear")  # the first is the default
 LINEAR_LOG2_LRS = (-16.0, 0.0)  # --model linear: (min, max) of log2 lr, for lr_A and lr_B alike
 
 
-def _defaults(func, flags, **special) -> str:
-    """`--flag default` for each flag, read from func's signature (special: flags that are not its parameters),
-    as indented lines that never split a flag from its value."""
+def _defaults(func, arguments_class, **special) -> str:
+    """`--flag default` for each flag of arguments_class, read from func's signature (special: flags that are
+    not its parameters), as indented lines that never split a flag from its value."""
     params = inspect.signature(func).parameters
+    flags = [f.name for f in dataclasses.fields(arguments_class)]
 
     def show(v):
         return ",".join(f"{x:g}" for x in v) if isinstance(v, (tuple, list)) else f"{v:g}" if isinstance(
@@ -316,8 +338,8 @@ def _defaults(func, flags, **special) -> str:
 def _usage() -> str:
     from loraplus.experiments import toy_paper
 
-    paper = _defaults(toy_paper.run_paper_toy, toy_paper.FLAGS, report_steps="10,<steps>")
-    linear = _defaults(run_toy, FLAGS, log2_lr_min=LINEAR_LOG2_LRS[0], log2_lr_max=LINEAR_LOG2_LRS[1])
+    paper = _defaults(toy_paper.run_paper_toy, toy_paper.PaperToyArguments, report_steps="10,<steps>")
+    linear = _defaults(run_toy, LinearToyArguments, log2_lr_min=LINEAR_LOG2_LRS[0], log2_lr_max=LINEAR_LOG2_LRS[1])
     return f"""usage: loraplus toy [--model paper|linear] [--flag value ...]
 
   --model paper   (default) the LoRA+ paper's section-3.2 toy, f(x) = W_out relu(B A relu(W_in x)) with only A
@@ -332,20 +354,12 @@ def _usage() -> str:
 """
 
 
-def _pop_model(argv: list[str]) -> tuple[str, list[str]]:
-    """The --model value (default: the paper's toy) and the other arguments."""
-    if "--model" not in argv:
-        return MODELS[0], list(argv)
-    i = argv.index("--model")
-    model = argv[i + 1] if i + 1 < len(argv) else None
-    if model not in MODELS:
-        raise LoraPlusError(f"toy: --model must be one of {', '.join(MODELS)}; got {model!r}")
-    return model, argv[:i] + argv[i + 2:]
-
-
 def main_toy(argv: list[str]) -> int:
     """`loraplus toy [--model paper|linear] [--flag value ...]`: loss over (lr_A, lr_B) per width."""
-    model, argv = _pop_model(argv)
+    chosen, argv = parse_own_flags(ToyModelArguments, argv, "toy")
+    model = chosen.model
+    if model not in MODELS:
+        raise LoraPlusError(f"toy: --model must be one of {', '.join(MODELS)}; got {model!r}")
     if any(a in ("-h", "--help") for a in argv):
         from loraplus.experiments import toy_paper
 
@@ -355,20 +369,7 @@ def main_toy(argv: list[str]) -> int:
         from loraplus.experiments.toy_paper import main_paper
 
         return main_paper(argv)
-    opts, i = {}, 0
-    while i < len(argv):
-        flag = argv[i]
-        name = flag[2:] if flag.startswith("--") else None
-        if name not in FLAGS or i + 1 >= len(argv):
-            raise LoraPlusError(f"toy --model linear takes {', '.join('--' + f for f in FLAGS)} with a value each; "
-                                f"got {flag!r}")
-        kind, raw = FLAGS[name], argv[i + 1]
-        try:
-            opts[name] = [int(x) for x in raw.split(",")] if kind == "ints" else kind(raw)
-        except ValueError:
-            what = "comma-separated integers, e.g. 128,512" if kind == "ints" else kind.__name__
-            raise LoraPlusError(f"bad value for --{name}: {raw!r} (expected {what})") from None
-        i += 2
+    opts = given_values(parse_command(LinearToyArguments, argv, "toy --model linear")[0])
     lo, hi = opts.pop("log2_lr_min", LINEAR_LOG2_LRS[0]), opts.pop("log2_lr_max", LINEAR_LOG2_LRS[1])
     if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi and hi - lo <= 40):
         raise LoraPlusError(f"bad --log2_lr_min/--log2_lr_max: {lo:g}, {hi:g} (need finite min <= max, <= 40 apart)")

@@ -36,6 +36,7 @@ most `block_elements` entries: the work is memory-bound, and small tiles stay in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -45,7 +46,7 @@ from typing import NamedTuple
 
 import torch
 
-from loraplus.core.errors import LoraPlusError
+from loraplus.train.arguments import given_values, parse_command
 from loraplus.experiments.toy import _pyplot, _require, adam_step
 
 WITHIN = 0.01  # cells whose loss is within 1% of the best are marked, as in the paper's heatmaps
@@ -452,35 +453,29 @@ def _plot_ratio(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-FLAGS = {"widths": "ints", "steps": int, "report_steps": "ints", "seeds": "ints", "rank": int, "input_dim": int,
-         "n_train": int, "n_test": int, "log2_lr_a": "floats", "log2_lr_b": "floats", "log2_lr_step": float,
-         "b_init_std": float, "output_dir": str, "threads": int}
+@dataclasses.dataclass
+class PaperToyArguments:
+    """`loraplus toy --model paper` flags; one not given takes run_paper_toy's default (shown by --help)."""
 
-
-def parse_flags(argv: list[str], flags: dict, command: str) -> dict:
-    """`--name value` pairs typed by `flags` ("ints" / "floats": comma-separated); one-line errors."""
-    opts, i = {}, 0
-    while i < len(argv):
-        flag = argv[i]
-        name = flag[2:] if flag.startswith("--") else None
-        if name not in flags or i + 1 >= len(argv):
-            raise LoraPlusError(f"{command} takes {', '.join('--' + f for f in flags)} with a value each; got {flag!r}")
-        kind, raw = flags[name], argv[i + 1]
-        try:
-            if kind in ("ints", "floats"):
-                opts[name] = [(int if kind == "ints" else float)(x) for x in raw.split(",")]
-            else:
-                opts[name] = kind(raw)
-        except ValueError:
-            what = {"ints": "comma-separated integers, e.g. 128,512", "floats": "comma-separated numbers, e.g. -14,2"}
-            raise LoraPlusError(f"bad value for --{name}: {raw!r} (expected {what.get(kind, kind.__name__)})") from None
-        i += 2
-    return opts
+    widths: list[int] | None = None
+    steps: int | None = None
+    report_steps: list[int] | None = None
+    seeds: list[int] | None = None
+    rank: int | None = None
+    input_dim: int | None = None
+    n_train: int | None = None
+    n_test: int | None = None
+    log2_lr_a: list[float] | None = None
+    log2_lr_b: list[float] | None = None
+    log2_lr_step: float | None = None
+    b_init_std: float | None = None
+    output_dir: str | None = None
+    threads: int | None = None
 
 
 def main_paper(argv: list[str]) -> int:
     """`loraplus toy [--model paper] [--widths 100 --steps 200 --seeds 0,1,2 --log2_lr_a -14,4 ...]`."""
-    run_paper_toy(**parse_flags(argv, FLAGS, "toy --model paper"))
+    run_paper_toy(**given_values(parse_command(PaperToyArguments, argv, "toy --model paper")[0]))
     return 0
 
 

@@ -33,16 +33,16 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from loraplus.train.config import TrainConfig, lr_grid, parse_floats, parse_train_args, split_flags
+from loraplus.train.arguments import parse_own_flags, positive_numbers
+from loraplus.train.config import TrainConfig, parse_train_args
 from loraplus.core.errors import LoraPlusError
-from loraplus.experiments.selection import ranked, run_score, run_tiebreak, runs_greater_is_better
+from loraplus.experiments.selection import lr_grid, ranked, run_score, run_tiebreak, runs_greater_is_better
 from loraplus.train.runs import check_reusable, run_cell, run_log
 from loraplus.train.distributed import is_writer
 from loraplus.train.files import write_json
 
 RATIOS = (1, 2, 4, 8, 16, 32)  # default ratio grid: plain LoRA up to twice the paper's 2^4
 BUDGET_RUNS = 4  # default budget: the optimizer steps of this many training runs as configured
-OWN_FLAGS = ("--lrs", "--ratios", "--budget", "--eta", "--output_dir")
 TUNE_FILES = {"runs", "data", "tune.json", "tuned_config.yaml", "train"}  # what a tune folder may hold
 
 Cell = tuple[float, float]  # (lr_A, ratio)
@@ -272,14 +272,19 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _positive_int(flag: str, text: str) -> int:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value.is_integer() and value >= 1):
-        raise LoraPlusError(f"{flag} takes a whole number >= 1, got {text!r}")
-    return int(value)
+@dataclasses.dataclass
+class TuneArguments:
+    """tune's own flags; the others are `loraplus train` keys, the config every run starts from."""
+
+    lrs: list[float] | None = dataclasses.field(default=None, metadata={
+        "help": "lr_A grid (none = learning_rate x 1/4 .. 4)"})
+    ratios: list[float] = dataclasses.field(default_factory=lambda: [float(r) for r in RATIOS], metadata={
+        "help": "lr_B / lr_A grid"})
+    budget: int | None = dataclasses.field(default=None, metadata={
+        "help": f"optimizer steps of the whole search (none = {BUDGET_RUNS} runs as configured)"})
+    eta: int = dataclasses.field(default=3, metadata={"help": "keep the best 1/eta of the cells at each rung"})
+    output_dir: str | None = dataclasses.field(default=None, metadata={
+        "help": "where the runs, tune.json and tuned_config.yaml go (none = output_dir)"})
 
 
 def main_tune(argv: list[str]) -> int:
@@ -288,14 +293,14 @@ def main_tune(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(f"usage: {main_tune.__doc__}\n\n{__doc__}")
         return 0
-    mine, rest = split_flags(argv, OWN_FLAGS)
-    base = parse_train_args(rest)
-    lrs = lr_grid(mine.get("--lrs"), base.learning_rate)
-    ratios = parse_floats("--ratios", mine.get("--ratios", ",".join(map(str, RATIOS))))
-    budget = _positive_int("--budget", mine["--budget"]) if "--budget" in mine else None
-    eta = _positive_int("--eta", mine.get("--eta", "3"))
-    output_dir = mine.get("--output_dir", base.output_dir)
-    result = tune(base, lrs=lrs, ratios=ratios, output_dir=output_dir, eta=eta, budget=budget)
+    mine, rest = parse_own_flags(TuneArguments, argv, "tune")
+    base = parse_train_args(rest, command_flags=[f.name for f in dataclasses.fields(TuneArguments)])
+    for flag, value in (("--budget", mine.budget), ("--eta", mine.eta)):
+        if value is not None and value < 1:
+            raise LoraPlusError(f"{flag} takes a whole number >= 1, got {value}")
+    output_dir = mine.output_dir or base.output_dir
+    result = tune(base, lrs=lr_grid(mine.lrs, base.learning_rate), ratios=positive_numbers("--ratios", mine.ratios),
+                  output_dir=output_dir, eta=mine.eta, budget=mine.budget)
     chosen, cost = result["chosen"], result["cost"]
     shape = ", ".join(f"{r['cells']} x {r['steps']}" for r in result["rungs"])
     print()

@@ -7,20 +7,17 @@ learn its field names and types (pass-through keys) and to build its keyword arg
 # ruff: noqa: RUF009  (`_f` wraps dataclasses.field: help metadata plus a fresh copy of mutable defaults)
 
 import dataclasses
-import difflib
-import enum
 import functools
 import math
 import os
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
-from loraplus.core.errors import LoraPlusError
+from loraplus.train.arguments import coerce, command_parser, fail, nearest, type_name
 from loraplus.train.files import write_text_atomic
 from loraplus.core.settings import LORAPLUS_OPTIMIZERS, LoraPlusArguments
 
@@ -28,96 +25,119 @@ TASKS = ("classification", "causal_lm", "sft", "label_words")
 BF16_CHOICES = ("auto", "true", "false")
 LORA_INITS = ("A", "B")  # which factor starts random (lora.init_factors)
 GROUPS = ("model & data", "LoRA", "LoRA+", "training")
-_TRUE, _FALSE, _NONE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}, {"none", "null"}
-_BAD = (ValueError, TypeError, yaml.YAMLError)  # what a value that does not fit its type raises
 
 
-def _f(default: Any, help: str, group: str) -> Any:
-    """A dataclass field with its help line and help group kept in `metadata`."""
-    meta = {"help": help, "group": group}
+def _f(default: Any, help: str) -> Any:
+    """A dataclass field with its help line in `metadata` (where HfArgumentParser reads it)."""
+    meta = {"help": help}
     if isinstance(default, (list, dict)):  # each config gets its own copy
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-_D, _L, _P, _T = GROUPS
+@dataclass
+class ModelDataSettings:
+    """Which model, which data, which task."""
+
+    _argument_group_name = GROUPS[0]  # HfArgumentParser's help group
+    model_name_or_path: str = _f("minilm", "local HF model dir, hub id, or alias minilm / smollm2-135m")
+    task: str = _f("classification", "classification | causal_lm | sft | label_words (a causal LM scores "
+                   "label words after a prompt)")
+    dataset_name: str | None = _f("rotten_tomatoes", "built-in alias or hub dataset id (ignored with train_file)")
+    dataset_config_name: str | None = _f(None, "hub dataset config, e.g. mnli for glue")
+    train_file: str | None = _f(None, "local train file (csv, json, jsonl, parquet)")
+    validation_file: str | None = _f(None, "local validation file")
+    test_file: str | None = _f(None, "local test file")
+    text_column: str = _f("text", "column holding the input text")
+    text_pair_column: str | None = _f(None, "second text column for sentence-pair tasks")
+    label_column: str = _f("label", "column holding the class label")
+    prompt_column: str = _f("prompt", "sft: column holding the prompt")
+    response_column: str = _f("response", "sft: column holding the response")
+    messages_column: str = _f("messages", "sft: column holding chat messages")
+    label_words: list[str] | None = _f(None, "label_words: one word per class (none = from label names)")
+    prompt_template: str | None = _f(None, "template wrapping each input text (none = task default)")
+    max_length: int = _f(128, "max tokens per example (longer ones are truncated)")
+    max_train_samples: int | None = _f(None, "use at most this many training examples")
+    max_eval_samples: int | None = _f(None, "use at most this many evaluation examples")
+    validation_split_ratio: float = _f(0.1, "fraction of train carved out when no validation split exists")
+    allow_pickle: bool = _f(False, "load pickle (.bin/.pt) weights, which can run code; safetensors only otherwise")
 
 
 @dataclass
-class TrainConfig(LoraPlusArguments):
-    """Every setting of `loraplus train`; Hugging Face names where one exists, LoRA+ settings from the library."""
+class LoraSettings:
+    """The adapter: PEFT's LoraConfig settings, and which factor starts random."""
 
-    model_name_or_path: str = _f("minilm", "local HF model dir, hub id, or alias minilm / smollm2-135m", _D)
-    task: str = _f("classification", "classification | causal_lm | sft | label_words (a causal LM scores "
-                   "label words after a prompt)", _D)
-    dataset_name: str | None = _f("rotten_tomatoes", "built-in alias or hub dataset id (ignored with train_file)", _D)
-    dataset_config_name: str | None = _f(None, "hub dataset config, e.g. mnli for glue", _D)
-    train_file: str | None = _f(None, "local train file (csv, json, jsonl, parquet)", _D)
-    validation_file: str | None = _f(None, "local validation file", _D)
-    test_file: str | None = _f(None, "local test file", _D)
-    text_column: str = _f("text", "column holding the input text", _D)
-    text_pair_column: str | None = _f(None, "second text column for sentence-pair tasks", _D)
-    label_column: str = _f("label", "column holding the class label", _D)
-    prompt_column: str = _f("prompt", "sft: column holding the prompt", _D)
-    response_column: str = _f("response", "sft: column holding the response", _D)
-    messages_column: str = _f("messages", "sft: column holding chat messages", _D)
-    label_words: list[str] | None = _f(None, "label_words: one word per class (none = from label names)", _D)
-    prompt_template: str | None = _f(None, "template wrapping each input text (none = task default)", _D)
-    max_length: int = _f(128, "max tokens per example (longer ones are truncated)", _D)
-    max_train_samples: int | None = _f(None, "use at most this many training examples", _D)
-    max_eval_samples: int | None = _f(None, "use at most this many evaluation examples", _D)
-    validation_split_ratio: float = _f(0.1, "fraction of train carved out when no validation split exists", _D)
-    allow_pickle: bool = _f(False, "load pickle (.bin/.pt) weights, which can run code; safetensors only otherwise", _D)
+    _argument_group_name = GROUPS[1]
 
-    lora_r: int = _f(8, "LoRA rank r", _L)
-    lora_alpha: float = _f(16, "LoRA alpha; the update B A is scaled by alpha / r", _L)
-    lora_dropout: float = _f(0.05, "dropout on the LoRA input, in [0, 1)", _L)
+    lora_r: int = _f(8, "LoRA rank r")
+    lora_alpha: float = _f(16, "LoRA alpha; the update B A is scaled by alpha / r")
+    lora_dropout: float = _f(0.05, "dropout on the LoRA input, in [0, 1)")
     lora_target_modules: list[str] | str | None = _f(None, "modules to adapt, e.g. query,value, or all-linear "
-                                                      "(none = per-architecture default)", _L)
-    use_dora: bool = _f(False, "DoRA: learn a magnitude vector besides A and B", _L)
-    use_rslora: bool = _f(False, "rsLoRA: scale by alpha / sqrt(r) instead of alpha / r", _L)
-    modules_to_save: list[str] | None = _f(None, "non-LoRA modules trained in full, e.g. classifier", _L)
+                                                      "(none = per-architecture default)")
+    use_dora: bool = _f(False, "DoRA: learn a magnitude vector besides A and B")
+    use_rslora: bool = _f(False, "rsLoRA: scale by alpha / sqrt(r) instead of alpha / r")
+    modules_to_save: list[str] | None = _f(None, "non-LoRA modules trained in full, e.g. classifier")
     lora_init: str = _f("A", "which factor starts random: A (PEFT's default, B = 0; the paper's Init[1]) or B "
-                        "(A = 0, B Kaiming-uniform; Init[2], the LoRA+ authors' default)", _L)
+                        "(A = 0, B Kaiming-uniform; Init[2], the LoRA+ authors' default)")
 
-    # The LoRA+ group: every field of LoraPlusArguments (core/settings.py), inherited with its default and help.
 
-    output_dir: str = _f("loraplus-output", "where checkpoints, adapter, metrics and config go", _T)
-    learning_rate: float = _f(2e-4, "lr_A, the learning rate of A; lr_B = loraplus_lr_ratio * lr_A", _T)
-    num_train_epochs: float = _f(3.0, "epochs to train (ignored when max_steps > 0)", _T)
-    max_steps: int = _f(-1, "total optimizer steps; -1 = use num_train_epochs", _T)
-    per_device_train_batch_size: int = _f(16, "train batch size per device", _T)
-    per_device_eval_batch_size: int = _f(64, "eval batch size per device", _T)
-    gradient_accumulation_steps: int = _f(1, "batches accumulated per optimizer step", _T)
-    warmup_ratio: float = _f(0.06, "fraction of steps with linear lr warmup, in [0, 1)", _T)
-    lr_scheduler_type: str = _f("linear", "lr schedule; it scales each param group's own base lr", _T)
-    weight_decay: float = _f(0.0, "decoupled weight decay of weight matrices (not biases, norms)", _T)
-    optim: str = _f("adamw_torch", "optimizer name as in transformers: adamw_torch, adamw_bnb_8bit, ...", _T)
-    eval_steps: int | None = _f(None, "evaluate every this many steps (none = once per epoch)", _T)
+class LoraPlusSettings(LoraPlusArguments):
+    """The LoRA+ settings, declared once in core/settings.py, as the config's third help group."""
+
+    _argument_group_name = GROUPS[2]
+
+
+@dataclass
+class TrainingSettings:
+    """The Trainer's settings that the CLI sets itself (other TrainingArguments fields go to trainer_args)."""
+
+    _argument_group_name = GROUPS[3]
+    output_dir: str = _f("loraplus-output", "where checkpoints, adapter, metrics and config go")
+    learning_rate: float = _f(2e-4, "lr_A, the learning rate of A; lr_B = loraplus_lr_ratio * lr_A")
+    num_train_epochs: float = _f(3.0, "epochs to train (ignored when max_steps > 0)")
+    max_steps: int = _f(-1, "total optimizer steps; -1 = use num_train_epochs")
+    per_device_train_batch_size: int = _f(16, "train batch size per device")
+    per_device_eval_batch_size: int = _f(64, "eval batch size per device")
+    gradient_accumulation_steps: int = _f(1, "batches accumulated per optimizer step")
+    warmup_ratio: float = _f(0.06, "fraction of steps with linear lr warmup, in [0, 1)")
+    lr_scheduler_type: str = _f("linear", "lr schedule; it scales each param group's own base lr")
+    weight_decay: float = _f(0.0, "decoupled weight decay of weight matrices (not biases, norms)")
+    optim: str = _f("adamw_torch", "optimizer name as in transformers: adamw_torch, adamw_bnb_8bit, ...")
+    eval_steps: int | None = _f(None, "evaluate every this many steps (none = once per epoch)")
     save_steps: int | None = _f(None, "checkpoint every this many steps, a multiple of eval_steps (none = "
-                                "at each evaluation)", _T)
-    logging_steps: int = _f(10, "log loss and lrs every this many steps", _T)
-    seed: int = _f(42, "random seed (data order, LoRA init, dropout)", _T)
-    resume_from_checkpoint: str | None = _f(None, "checkpoint directory to resume from", _T)
-    overwrite_output_dir: bool = _f(False, "allow writing into a non-empty output_dir", _T)
-    bf16: str = _f("auto", "bfloat16 mixed precision: auto (if the GPU supports it) | true | false", _T)
+                                "at each evaluation)")
+    logging_steps: int = _f(10, "log loss and lrs every this many steps")
+    seed: int = _f(42, "random seed (data order, LoRA init, dropout)")
+    resume_from_checkpoint: str | None = _f(None, "checkpoint directory to resume from")
+    overwrite_output_dir: bool = _f(False, "allow writing into a non-empty output_dir")
+    bf16: str = _f("auto", "bfloat16 mixed precision: auto (if the GPU supports it) | true | false")
     packed_sequences: bool = _f(True, "run a BERT-like encoder's or a Llama-family decoder's layers on the "
                                 "batch's real tokens only, padding only inside attention (same function, "
-                                "fewer tokens); other models run length-sorted micro-batches", _T)
+                                "fewer tokens); other models run length-sorted micro-batches")
     length_micro_batches: int = _f(4, "sort each random batch by length and run it as up to this many "
                                    "micro-batches, each padded to its own longest, cut where that saves "
-                                   "most (same batch, same gradient, less padding); 1 = one padded batch", _T)
+                                   "most (same batch, same gradient, less padding); 1 = one padded batch")
     length_micro_batch_cost: int = _f(128, "the fixed cost of one more micro-batch, in padded tokens: a batch is "
                                       "cut only where that saves more (fitted on a 2-core CPU; raise it on "
-                                      "a GPU, where small micro-batches waste more)", _T)
+                                      "a GPU, where small micro-batches waste more)")
     group_by_length: bool = _f(False, "build batches from examples of similar length (less padding still, "
-                               "but batches are no longer random draws; see results/speed)", _T)
+                               "but batches are no longer random draws; see results/speed)")
     fast_cpu_dropout: bool = _f(True, "on CPUs, draw the model's dropout masks four per random 64-bit word "
-                                "(same keep rate, cheaper); false = torch's own dropout", _T)
+                                "(same keep rate, cheaper); false = torch's own dropout")
     feature_learning_steps: int | None = _f(None, "every K steps log delta_A / delta_B per LoRA layer to "
-                                            "feature_learning.jsonl (none = off); see `loraplus diagnose`", _T)
-    report_to: list[str] = _f(["tensorboard"], "logging integrations, e.g. tensorboard,wandb, or none", _T)
-    trainer_args: dict[str, Any] = _f({}, "other TrainingArguments fields, forwarded to the Trainer", _T)
+                                            "feature_learning.jsonl (none = off); see `loraplus diagnose`")
+    report_to: list[str] = _f(["tensorboard"], "logging integrations, e.g. tensorboard,wandb, or none")
+    trainer_args: dict[str, Any] = _f({}, "other TrainingArguments fields, forwarded to the Trainer")
+
+
+CONFIG_GROUPS = (ModelDataSettings, LoraSettings, LoraPlusSettings, TrainingSettings)
+
+
+# The bases in reverse: a dataclass collects the last base's fields first, so the fields (and config.yaml)
+# read model & data, LoRA, LoRA+, training.
+@dataclass
+class TrainConfig(TrainingSettings, LoraPlusSettings, LoraSettings, ModelDataSettings):
+    """Every setting of `loraplus train`; Hugging Face names where one exists, LoRA+ settings from the library."""
 
     @property
     def lr_other(self) -> float:
@@ -130,8 +150,8 @@ class TrainConfig(LoraPlusArguments):
             value = getattr(self, name)
             if isinstance(value, float) and math.isnan(value):
                 continue  # nan != nan; the range checks below name it
-            if _coerce(name, value, hint) != value:
-                _fail(f"bad value for {name}: expected {_type_name(hint)}, got {value!r}")
+            if coerce(name, value, hint) != value:
+                fail(f"bad value for {name}: expected {type_name(hint)}, got {value!r}")
         tm, words = self.lora_target_modules, self.label_words
         checks = [
             (self.task in TASKS, f"unknown task '{self.task}'; use one of {', '.join(TASKS)}"),
@@ -194,7 +214,7 @@ class TrainConfig(LoraPlusArguments):
         ]
         for ok, message in checks:
             if not ok:
-                _fail(message)
+                fail(message)
 
     def to_dict(self) -> dict[str, Any]:
         """Every key with its value (trainer_args included), JSON-serialisable."""
@@ -204,17 +224,17 @@ class TrainConfig(LoraPlusArguments):
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
         """A validated TrainConfig from a mapping; TrainingArguments keys go to trainer_args, others are errors."""
         if not isinstance(d, Mapping):
-            _fail(f"a config must be a mapping of key: value, got {type(d).__name__}")
+            fail(f"a config must be a mapping of key: value, got {type(d).__name__}")
         own = _own_hints()
         d = {_norm(k): v for k, v in d.items()}
         kwargs: dict[str, Any] = {}
         extra: dict[str, Any] = {}
-        for key, value in _coerce("trainer_args", d.pop("trainer_args", None) or {}, dict).items():
+        for key, value in coerce("trainer_args", d.pop("trainer_args", None) or {}, dict).items():
             if _norm(key) in own:
-                _fail(f"'{_norm(key)}' is a loraplus key, not a trainer_args entry; set it at the top level")
-            extra[_norm(key)] = _coerce(_norm(key), value, _hint(_norm(key)))
+                fail(f"'{_norm(key)}' is a loraplus key, not a trainer_args entry; set it at the top level")
+            extra[_norm(key)] = coerce(_norm(key), value, _hint(_norm(key)))
         for key, value in d.items():  # after trainer_args, so a top-level key overrides the nested one
-            (kwargs if key in own else extra)[key] = _coerce(key, value, _hint(key))
+            (kwargs if key in own else extra)[key] = coerce(key, value, _hint(key))
         tm = kwargs.get("lora_target_modules")
         if tm == ["all-linear"]:  # PEFT takes the bare string "all-linear", never inside a list
             kwargs["lora_target_modules"] = "all-linear"
@@ -293,66 +313,40 @@ def describe_changes(changes: list[tuple[str, Any, Any]], limit: int = 3) -> str
     return "; ".join(f"{k} {old!r} there, {new!r} now" for k, old, new in changes[:limit])
 
 
-def parse_train_args(argv: Sequence[str]) -> TrainConfig:
-    """A validated TrainConfig from `[CONFIG.yaml] [--key value | --key=value | --bool_flag ...]`; flags win."""
-    paths: list[str] = []
-    flags: dict[str, Any] = {}
-    argv, i = list(argv), 0
-    while i < len(argv):
-        token, i = argv[i], i + 1
-        if not token.startswith("--"):
-            if token.startswith("-") and not token[1:2].replace(".", "").isdigit():  # "-1" is a value
-                _fail(f"unexpected argument '{token}'; flags are written --key value")
-            paths.append(token)
-            continue
-        key, has_value, value = token[2:].partition("=")
-        key = _norm(key)
-        if not key:
-            _fail("empty flag '--'; write --key value")
-        if not has_value:
-            following = argv[i] if i < len(argv) else None
-            if bool in _members(_hint(key)):  # alone it means true; it takes a value only if that is a bool word
-                value, i = (following, i + 1) if following and following.lower() in _TRUE | _FALSE else ("true", i)
-            elif following is None or following.startswith("--"):
-                _fail(f"flag --{key} needs a value; write --{key} VALUE or --{key}=VALUE")
-            else:
-                value, i = following, i + 1
-        flags[key] = value
-    if len(paths) > 1:
-        _fail(f"more than one config file given ({', '.join(paths)}); pass one YAML file, override with --key value")
-    raw = {_norm(k): v for k, v in (_read_yaml(paths[0]) if paths else {}).items()}
+def parse_train_args(argv: Sequence[str], command_flags: Sequence[str] = ()) -> TrainConfig:
+    """A validated TrainConfig from `[CONFIG.yaml] [--key value | --key=value | --bool_flag ...]`; flags win.
+
+    TrainConfig's own keys are parsed first; a flag it does not know is looked up among the Trainer's
+    TrainingArguments fields (forwarded through trainer_args), and refused with the nearest key otherwise,
+    among these and `command_flags` (the own flags of compare, sweep or tune, which pass the rest here)."""
+    flags, rest = _config_parser().parse_given(argv)
+    if any(token.startswith("--") for token in rest):
+        trainer_flags, rest = _trainer_arguments_parser().parse_given(rest)
+        flags.update(trainer_flags)
+    for token in rest:
+        if token.startswith("--"):
+            _hint(_norm(token[2:].split("=", 1)[0]), command_flags)  # raises: unknown key, with the nearest one
+        if token.startswith("-") and not token[1:2].replace(".", "").isdigit():  # "-1" is a value
+            fail(f"unexpected argument '{token}'; flags are written --key value")
+    if len(rest) > 1:
+        fail(f"more than one config file given ({', '.join(rest)}); pass one YAML file, override with --key value")
+    raw = {_norm(k): v for k, v in (_read_yaml(rest[0]) if rest else {}).items()}
     return TrainConfig.from_dict({**raw, **flags})
 
 
-def split_flags(argv: Sequence[str], own: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
-    """Separate a command's own flags (compare, sweep, tune) from the `loraplus train` config and overrides."""
-    mine, rest, i = {}, [], 0
-    while i < len(argv):
-        if argv[i] in own:
-            if i + 1 >= len(argv):
-                _fail(f"{argv[i]} needs a value")
-            mine[argv[i]] = argv[i + 1]
-            i += 2
-        else:
-            rest.append(argv[i])
-            i += 1
-    return mine, rest
+@functools.lru_cache(maxsize=1)
+def _config_parser():
+    """The parser of TrainConfig's own flags, one help group each (see arguments.py)."""
+    return command_parser(CONFIG_GROUPS, "train", renamed=RENAMED_KEYS)
 
 
-def lr_grid(given: str | None, learning_rate: float) -> list[float]:
-    """The --lrs grid of compare and tune: the given values, else the config's learning_rate x 1/4 .. 4."""
-    return parse_floats("--lrs", given or ",".join(f"{learning_rate * f:g}" for f in (0.25, 0.5, 1, 2, 4)))
+@functools.lru_cache(maxsize=1)
+def _trainer_arguments_parser():
+    """The parser of the TrainingArguments fields TrainConfig does not declare (imports transformers' Trainer
+    side, so only built when such a flag is given)."""
+    from transformers import TrainingArguments
 
-
-def parse_floats(flag: str, text: str) -> list[float]:
-    """The comma-separated positive numbers of a flag's value (`--lrs 1e-4,3e-4`), or a one-line error."""
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise LoraPlusError(f"{flag} takes comma-separated numbers, e.g. 1e-4,3e-4; got {text!r}") from e
-    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
-        _fail(f"{flag} needs numbers > 0, got {text!r}")
-    return values
+    return command_parser(TrainingArguments, "train", renamed=RENAMED_KEYS)
 
 
 def train_help() -> str:
@@ -360,13 +354,13 @@ def train_help() -> str:
     lines = ["usage: loraplus train [CONFIG.yaml] [--key value | --key=value ...]", "",
              "Keys come from the YAML file; --key value flags override them. Lists: a,b,c. Empty: none.",
              "A bool flag alone means true (--use_dora)."]
-    for group in GROUPS:
-        lines += ["", f"{group}:"]
-        for f in (f for f in dataclasses.fields(TrainConfig) if f.metadata.get("group", _P) == group):
+    for group in CONFIG_GROUPS:
+        lines += ["", f"{group._argument_group_name}:"]
+        for f in dataclasses.fields(group):
             default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
             shown = "none" if default is None else ",".join(default) if isinstance(default, list) else default
             shown = str(shown).lower() if isinstance(shown, bool) else shown
-            lines += [f"  --{f.name} {_type_name(_own_hints()[f.name])}  (default: {shown})",
+            lines += [f"  --{f.name} {type_name(_own_hints()[f.name])}  (default: {shown})",
                       f"      {f.metadata['help']}"]
     lines += ["", "Any other transformers.TrainingArguments field (e.g. --adam_beta2 0.98, --max_grad_norm 0.5)",
               "is also accepted, type-checked against TrainingArguments, and forwarded to the Trainer."]
@@ -382,7 +376,7 @@ def training_arguments_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     for key, choices in (("lr_scheduler_type", SchedulerType), ("optim", OptimizerNames)):
         names = [e.value for e in choices]
         if getattr(cfg, key) not in names:
-            _fail(f"unknown {key} '{getattr(cfg, key)}'; use one of {', '.join(names)}")
+            fail(f"unknown {key} '{getattr(cfg, key)}'; use one of {', '.join(names)}")
     accepted = _trainer_arg_hints()
     hf_named = ("output_dir", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                 "per_device_eval_batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
@@ -420,7 +414,7 @@ def check_training_arguments(kwargs: dict[str, Any]) -> None:
 
     accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
     if kwargs.get("bf16") and not kwargs.get("use_cpu") and not accelerator:
-        _fail("bf16 true needs a GPU with bfloat16 and none is visible; use --bf16 auto, "
+        fail("bf16 true needs a GPU with bfloat16 and none is visible; use --bf16 auto, "
               "or add --use_cpu true for bfloat16 autocast on the CPU")
     _check_report_to(kwargs.get("report_to"))
     if kwargs.get("deepspeed"):
@@ -431,7 +425,7 @@ def check_training_arguments(kwargs: dict[str, Any]) -> None:
         TrainingArguments(**kwargs)
     except (ValueError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        _fail(f"the Trainer refuses these settings: {first}")
+        fail(f"the Trainer refuses these settings: {first}")
 
 
 def _check_report_to(report_to) -> None:
@@ -444,10 +438,10 @@ def _check_report_to(report_to) -> None:
     available = set(get_available_reporting_integrations())
     for name in names:
         if name not in INTEGRATION_TO_CALLBACK:
-            _fail(f"report_to '{name}' is not a logger the Trainer knows; use one of "
+            fail(f"report_to '{name}' is not a logger the Trainer knows; use one of "
                   f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}, or none")
         if name not in available:
-            _fail(f"report_to '{name}': its package is not installed; pip install it, or pass --report_to none")
+            fail(f"report_to '{name}': its package is not installed; pip install it, or pass --report_to none")
 
 
 def _first_repeat(words: list[str]) -> str | None:
@@ -463,11 +457,6 @@ def _first_repeat(words: list[str]) -> str | None:
 def _positive(value: float) -> bool:
     """A finite number above zero (nan and inf are neither a learning rate nor a length of training)."""
     return math.isfinite(value) and value > 0
-
-
-def _fail(message: str) -> NoReturn:
-    """Raise the one-line user error (a newline inside a quoted value would break the CLI's one line)."""
-    raise LoraPlusError(" ".join(message.splitlines()))
 
 
 # Keys that were renamed: a config or a run folder written with the old name still reads the same.
@@ -500,21 +489,20 @@ def _trainer_arg_hints() -> dict[str, Any]:
             for f in dataclasses.fields(TrainingArguments) if f.init and not f.name.startswith("_")}
 
 
-def _hint(key: str) -> Any:
+def _hint(key: str, command_flags: Sequence[str] = ()) -> Any:
     """The annotation of a TrainConfig or TrainingArguments key; an unknown key raises with the nearest name."""
     if key in _own_hints():
         return _own_hints()[key]
     if key in _trainer_arg_hints():
         return _trainer_arg_hints()[key]
-    close = difflib.get_close_matches(key, [*_own_hints(), *_trainer_arg_hints()], n=1)
-    guess = f"; did you mean '{close[0]}'?" if close else ""
-    _fail(f"unknown key '{key}'{guess} (`loraplus train --help` lists every key)")
+    fail(f"unknown key '{key}'{nearest(key, [*command_flags, *_own_hints(), *_trainer_arg_hints()])} "
+         "(`loraplus train --help` lists every key)")
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
     """The top-level mapping of a YAML config file (safe_load only), or a one-line error."""
     if not os.path.isfile(path):
-        _fail(f"config file not found: {path}; check the path (one YAML file, then --key value flags)")
+        fail(f"config file not found: {path}; check the path (one YAML file, then --key value flags)")
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
@@ -523,92 +511,11 @@ def _read_yaml(path: str) -> dict[str, Any]:
         where = f" line {mark.line + 1}" if mark is not None else ""
         # the parser notices late (an unclosed bracket shows on a later line): say where the construct began
         began = f" ({e.context} at line {start.line + 1})" if start is not None and e.context else ""
-        _fail(f"cannot parse {path}{where}: {getattr(e, 'problem', None) or e}{began}; fix the YAML syntax there")
+        fail(f"cannot parse {path}{where}: {getattr(e, 'problem', None) or e}{began}; fix the YAML syntax there")
     except (OSError, UnicodeDecodeError) as e:
-        _fail(f"cannot read config file {path}: {e}")
+        fail(f"cannot read config file {path}: {e}")
     if data is not None and not isinstance(data, dict):
-        _fail(f"{path} must hold a mapping at the top level, got a {type(data).__name__}; write key: value lines")
+        fail(f"{path} must hold a mapping at the top level, got a {type(data).__name__}; write key: value lines")
     return data or {}
 
 
-def _members(hint: Any) -> tuple[Any, ...]:
-    """The alternatives of a union annotation (`X | None`); a plain annotation is its own only member."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return typing.get_args(hint)
-    return (hint,)
-
-
-def _type_name(hint: Any) -> str:
-    """A short readable name of an annotation: `float`, `list[str] | none`."""
-    if len(_members(hint)) > 1:
-        return " | ".join(_type_name(m) for m in _members(hint))
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (list, dict):
-        return f"{origin.__name__}[{', '.join(map(_type_name, args))}]"
-    if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return "str"
-    return {type(None): "none", Any: "any"}.get(hint) or getattr(hint, "__name__", str(hint))
-
-
-def _rank(hint: Any) -> int:
-    """Try order inside a union: narrow types first, so "1e-3" becomes a float and "true" a bool, not a str."""
-    return {bool: 0, int: 1, float: 2, list: 3, dict: 4}.get(typing.get_origin(hint) or hint, 5)
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """`value` (from YAML or a flag) converted to the annotation `hint`, or a one-line error naming `key`."""
-    try:
-        return _convert(value, hint)
-    except _BAD:
-        _fail(f"bad value for {key}: expected {_type_name(hint)}, got {value!r}; fix it in the YAML file or flag")
-
-
-def _convert(value: Any, hint: Any) -> Any:
-    """`value` as the annotation `hint`; ValueError or TypeError when it does not fit."""
-    members = [m for m in _members(hint) if m is not type(None)]
-    if len(members) < len(_members(hint)) and (value is None or str(value).lower() in _NONE):
-        return None
-    if len(members) != 1:
-        stringy = any(_rank(m) == 5 for m in members)
-        for m in sorted(members, key=_rank):
-            # beside a str alternative, a plain string stays a string unless it looks like a list or a mapping
-            if isinstance(value, str) and stringy and (
-                    (_rank(m) == 3 and "," not in value) or (_rank(m) == 4 and not value.lstrip().startswith("{"))):
-                continue
-            try:
-                return _convert(value, m)
-            except _BAD:
-                continue
-        raise ValueError(value)
-    hint = members[0]
-    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin is list:
-        if isinstance(value, str):  # a flag: comma-separated
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if isinstance(value, (list, tuple)):
-            return [_convert(v, args[0] if args else Any) for v in value]
-    elif origin is dict:
-        value = yaml.safe_load(value) if isinstance(value, str) else value  # a flag: '{"a": 1}' or {a: 1}
-        if isinstance(value, Mapping):
-            return dict(value)
-    elif hint is bool:
-        if isinstance(value, bool) or (isinstance(value, str) and value.lower() in _TRUE | _FALSE):
-            return value if isinstance(value, bool) else value.lower() in _TRUE
-    elif isinstance(value, bool):
-        if hint is str or (isinstance(hint, type) and issubclass(hint, enum.Enum)):
-            return str(value).lower()  # YAML `bf16: true`
-    elif hint is int:
-        if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
-            return int(value)
-        if isinstance(value, (str, float)) and float(value).is_integer():  # "1e3" is an int; "1.5" is not
-            return int(float(value))
-    elif hint is float:
-        return float(value)
-    elif hint is str or (isinstance(hint, type) and issubclass(hint, enum.Enum)):
-        if isinstance(value, (str, int, float)):
-            return str(value)
-    elif not isinstance(hint, type) or isinstance(value, hint):
-        return value  # another class (e.g. accelerate's ParallelismConfig) or a Literal: passed as given
-    raise ValueError(value)
