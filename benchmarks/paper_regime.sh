@@ -1,26 +1,28 @@
 #!/usr/bin/env bash
-# LoRA, LoRA+ (Init[1], ratio 4), LoRA+ (Init[2], ratio 16) and PEFT's Riemannian preconditioning on MNLI
-# in the paper's regime (results/paper_regime/mnli.yaml: 3 epochs, 3 seeds), each arm at its own lr_A
+# LoRA, LoRA+ (Init[1], ratio 4), LoRA+ (Init[2], ratio 16) and PEFT's Riemannian preconditioning on a GLUE
+# task in the paper's regime (results/paper_regime/<task>.yaml: 3 epochs, 3 seeds), each arm at its own lr_A
 # tuned on a validation split carved from the training data, tuning runs one epoch (250 steps).
 #
-#   bash benchmarks/paper_regime.sh            # about 4.5 h alone on 2 CPU cores; resumable
+#   bash benchmarks/paper_regime.sh [mnli|qnli]   # default mnli; about 2.2 h alone on 2 CPU cores; resumable
 #
 # Resumable across machines: every finished run's config.yaml, summary.json and metrics.jsonl are kept
-# in results/paper_regime/mnli/runs/ and put back into runs/ before compare starts, which then reuses
+# in results/paper_regime/<task>/runs/ and put back into runs/ before compare starts, which then reuses
 # them. Run it again after an interruption; report.md, curves.png and results.json land in
-# results/paper_regime/mnli/ when every run has finished.
+# results/paper_regime/<task>/ when every run has finished.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=runs/paper_regime/mnli
-kept=results/paper_regime/mnli/runs
+task=${1:-mnli}
+[ -f "results/paper_regime/$task.yaml" ] || { echo "no results/paper_regime/$task.yaml; use mnli or qnli" >&2; exit 2; }
+runs=runs/paper_regime/$task
+kept=results/paper_regime/$task/runs
 . benchmarks/kept_runs.sh
 restore_runs "$runs" "$kept"
 ( while sleep 60; do keep_runs "$runs" "$kept"; done ) & keeper=$!
 trap 'kill $keeper 2>/dev/null; keep_runs "$runs" "$kept"' EXIT
-.venv/bin/loraplus compare results/paper_regime/mnli.yaml --seeds 1,2,3 --tune_max_steps 250 \
+.venv/bin/loraplus compare "results/paper_regime/$task.yaml" --seeds 1,2,3 --tune_max_steps 250 \
   --methods lora,loraplus_init2,loraplus,riemannian \
   --lrs_lora 1e-3,3e-3,1e-2 --lrs_riemannian 1e-3,3e-3,1e-2 \
   --lrs_loraplus 3e-4,1e-3,3e-3 --ratios_loraplus 4 \
   --lrs_loraplus_init2 3e-4,1e-3,3e-3 --ratios_loraplus_init2 16 \
   --output_dir "$runs"
-cp "$runs/report.md" "$runs/curves.png" "$runs/results.json" results/paper_regime/mnli/
+cp "$runs/report.md" "$runs/curves.png" "$runs/results.json" "results/paper_regime/$task/"

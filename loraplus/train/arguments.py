@@ -167,6 +167,7 @@ def command_parser(dataclass_types: Any, command: str, renamed: Mapping[str, str
     """A `CommandParser` over `dataclass_types` for `loraplus <command>` (HfArgumentParser is imported here,
     lazily: it brings transformers, and a mistyped flag should not wait for what it does not need)."""
     from transformers import HfArgumentParser
+    from transformers.hf_argparser import string_to_bool
 
     class CommandParser(HfArgumentParser):
         """HfArgumentParser that returns only the flags given, as written, and raises one-line errors."""
@@ -175,8 +176,11 @@ def command_parser(dataclass_types: Any, command: str, renamed: Mapping[str, str
             super().__init__(dataclass_types, prog=f"loraplus {command}", allow_abbrev=False, add_help=False)
             self.renamed = dict(renamed or {})
             self.options: dict[str, argparse.Action] = {}
+            self.bools: set[str] = set()  # the options of bool fields (a field may take an optional value too)
             for action in self._actions:
                 action.default = argparse.SUPPRESS  # a flag not given stays out: YAML and defaults fill it
+                if action.type is string_to_bool:
+                    self.bools.update(action.option_strings)
                 action.type = action.choices = None  # values as written, for `coerce`
                 for option in action.option_strings:
                     self.options[option] = action
@@ -219,11 +223,13 @@ def command_parser(dataclass_types: Any, command: str, renamed: Mapping[str, str
                     continue
                 following = argv[i] if i < len(argv) else None
                 takes_it = following is not None and not following.startswith("--")  # "-1", "-6,-2": values
-                if action.const is True:  # a bool: alone it means true; it takes a value only if that is a bool word
+                if option in self.bools:  # alone it means true; it takes a value only if that is a bool word
                     takes_it = takes_it and following.lower() in TRUE_WORDS | FALSE_WORDS
                     out.append(f"{option}={following}" if takes_it else f"{option}=true")
                 elif takes_it:
                     out.append(f"{option}={following}")
+                elif action.nargs == "?":  # a value is optional (TrainingArguments' --fsdp alone turns it on)
+                    out.append(option)
                 else:
                     fail(f"flag {option} needs a value; write {option} VALUE or {option}=VALUE")
                 i += takes_it
