@@ -353,7 +353,8 @@ def train_help() -> str:
     """The text of `loraplus train --help`: every key with its type, default and help, grouped."""
     lines = ["usage: loraplus train [CONFIG.yaml] [--key value | --key=value ...]", "",
              "Keys come from the YAML file; --key value flags override them. Lists: a,b,c. Empty: none.",
-             "A bool flag alone means true (--use_dora)."]
+             "A bool flag alone means true (--use_dora); --no_KEY turns off one that defaults to true.",
+             "Flags are read by transformers' HfArgumentParser; --key-name is --key_name."]
     for group in CONFIG_GROUPS:
         lines += ["", f"{group._argument_group_name}:"]
         for f in dataclasses.fields(group):
