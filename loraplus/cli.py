@@ -171,7 +171,7 @@ def _merge(argv: list[str]) -> int:
 def _demo(argv: list[str]) -> int:
     from loraplus.experiments.demo import parse_demo_args, run_demo
 
-    return run_demo(**parse_demo_args(argv))
+    return run_demo(parse_demo_args(argv))
 
 
 def _toy(argv: list[str]) -> int:
@@ -217,6 +217,21 @@ def _usage_of(command: str) -> str:
     return "usage: loraplus " + "\n    ".join(lines)
 
 
+def _own_flags(command: str):
+    """The arguments dataclass of a command's own flags (for its --help), or None for eval (train's keys)."""
+    if command == "merge":
+        return MergeArguments
+    if command == "demo":
+        from loraplus.experiments.demo import DemoArguments
+
+        return DemoArguments
+    if command in ("compare", "sweep"):
+        from loraplus.experiments import compare
+
+        return compare.CompareFlags if command == "compare" else compare.SweepArguments
+    return None
+
+
 # train, tune, toy and diagnose print their own, longer help; the others show their USAGE lines
 SHORT_HELP = ("eval", "merge", "demo", "compare", "sweep")
 COMMANDS = {"train": _train, "eval": _eval, "merge": _merge, "demo": _demo, "toy": _toy, "diagnose": _diagnose,
@@ -235,8 +250,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if argv[0] in SHORT_HELP and any(a in ("-h", "--help") for a in argv[1:]):
         print(_usage_of(argv[0]))
+        own = _own_flags(argv[0])
+        if own is not None:
+            from loraplus.train.arguments import flag_lines
+
+            print("\n".join(["", f"{argv[0]}'s own flags:" if argv[0] in ("compare", "sweep") else "flags:",
+                             *flag_lines(own)]))
         if argv[0] in ("compare", "sweep"):
-            print("--key value: any `loraplus train` key (`loraplus train --help` lists them)")
+            print("\n--key value: any `loraplus train` key (`loraplus train --help` lists them)")
         return 0
     missing = missing_cli_packages()
     if missing:

@@ -97,3 +97,14 @@ def test_a_bad_command_flag_value_exits_2_naming_the_flag_and_its_form(argv, fla
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{flag} takes " in err[0], err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command, arguments", [
+    ("demo", DemoArguments), ("merge", MergeArguments), ("compare", CompareFlags), ("sweep", SweepArguments),
+    ("tune", TuneArguments), ("diagnose", DiagnoseArguments),
+])
+def test_help_lists_every_flag_of_the_command(command, arguments, capsys):
+    """`loraplus <command> --help` lists each flag the command's dataclass declares, read from it."""
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"--{f.name} " in out for f in dataclasses.fields(arguments))

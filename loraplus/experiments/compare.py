@@ -360,8 +360,10 @@ class CompareArguments:
 ARM_GRIDS = {f"lrs_{method}": method for method in ARMS}
 ARM_RATIOS = {f"ratios_{method}": method for method in ARMS if ARMS[method]["loraplus_lr_ratio"] is None}
 CompareFlags = dataclasses.make_dataclass("CompareFlags", [
-    (name, list[float] | None, dataclasses.field(default=None, metadata=_help(f"the {what} grid of {method}")))
-    for grids, what in ((ARM_GRIDS, "lr_A"), (ARM_RATIOS, "ratio")) for name, method in grids.items()],
+    (name, list[float] | None, dataclasses.field(default=None, metadata=_help(
+        f"the {what} grid of {method} (none = {shared})")))
+    for grids, what, shared in ((ARM_GRIDS, "lr_A", "--lrs"), (ARM_RATIOS, "ratio", "--ratios"))
+    for name, method in grids.items()],
     bases=(CompareArguments,))
 
 

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from loraplus.core.errors import LoraPlusError
-from loraplus.train.arguments import parse_command
+from loraplus.train.arguments import flag_lines, parse_command
 from loraplus.train.feature_learning import PLOT_FILE, RECORDS_FILE
 from loraplus.train.files import read_jsonl
 
@@ -155,7 +155,7 @@ def main_diagnose(argv: list[str]) -> int:
     puts each into D as <run folder name>_feature_learning.png; `--output PNG` names the file of one run.
     """
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        print("\n".join([USAGE, "", *flag_lines(DiagnoseArguments)]))
         return 0
     flags, runs = parse_command(DiagnoseArguments, argv, "diagnose", positionals=True)
     output, output_dir = flags.output, flags.output_dir

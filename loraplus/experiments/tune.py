@@ -33,7 +33,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from loraplus.train.arguments import parse_own_flags, positive_numbers
+from loraplus.train.arguments import flag_lines, parse_own_flags, positive_numbers
 from loraplus.train.config import TrainConfig, parse_train_args
 from loraplus.core.errors import LoraPlusError
 from loraplus.experiments.selection import lr_grid, ranked, run_score, run_tiebreak, runs_greater_is_better
@@ -291,7 +291,8 @@ def main_tune(argv: list[str]) -> int:
     """loraplus tune [CONFIG.yaml] [--lrs 1e-4,3e-4] [--ratios 1,4,16] [--budget STEPS] [--eta 3] [--output_dir D]
     [--key value ...]: --key value are `loraplus train` overrides."""
     if any(a in ("-h", "--help") for a in argv):
-        print(f"usage: {main_tune.__doc__}\n\n{__doc__}")
+        print("\n".join([f"usage: {main_tune.__doc__}", "", "tune's own flags:", *flag_lines(TuneArguments), "",
+                         __doc__]))
         return 0
     mine, rest = parse_own_flags(TuneArguments, argv, "tune")
     base = parse_train_args(rest, command_flags=[f.name for f in dataclasses.fields(TuneArguments)])

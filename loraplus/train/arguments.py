@@ -251,6 +251,20 @@ def parse_own_flags(arguments_class: type[T], argv: Sequence[str], command: str)
     return arguments_class(**values), rest
 
 
+def flag_lines(arguments_class: type) -> list[str]:
+    """The --help lines of a dataclass's flags: `  --name type  (default: value)`, then its help, indented."""
+    hints = typing.get_type_hints(arguments_class)
+    lines = []
+    for f in dataclasses.fields(arguments_class):
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        shown = ("none" if default is None else ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+                 if isinstance(default, list) else str(default).lower() if isinstance(default, bool) else default)
+        lines.append(f"  --{f.name} {type_name(hints[f.name])}  (default: {shown})")
+        if f.metadata.get("help"):
+            lines.append(f"      {f.metadata['help']}")
+    return lines
+
+
 def given_values(arguments: Any) -> dict[str, Any]:
     """The fields of a parsed arguments dataclass that are not None: for a command whose flags default to
     its function's own defaults (`loraplus toy`), the keyword arguments to pass."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from loraplus.train.arguments import coerce, command_parser, fail, nearest, type_name
+from loraplus.train.arguments import coerce, command_parser, fail, flag_lines, nearest, type_name
 from loraplus.train.files import write_text_atomic
 from loraplus.core.settings import LORAPLUS_OPTIMIZERS, LoraPlusArguments
 
@@ -357,12 +357,7 @@ def train_help() -> str:
              "Flags are read by transformers' HfArgumentParser; --key-name is --key_name."]
     for group in CONFIG_GROUPS:
         lines += ["", f"{group._argument_group_name}:"]
-        for f in dataclasses.fields(group):
-            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-            shown = "none" if default is None else ",".join(default) if isinstance(default, list) else default
-            shown = str(shown).lower() if isinstance(shown, bool) else shown
-            lines += [f"  --{f.name} {type_name(_own_hints()[f.name])}  (default: {shown})",
-                      f"      {f.metadata['help']}"]
+        lines += flag_lines(group)
     lines += ["", "Any other transformers.TrainingArguments field (e.g. --adam_beta2 0.98, --max_grad_norm 0.5)",
               "is also accepted, type-checked against TrainingArguments, and forwarded to the Trainer."]
     return "\n".join(lines)
