@@ -155,7 +155,8 @@ def _convert(value: Any, hint: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------- flags
 
-def _is_number(token: str) -> bool:
+def is_number(token: str) -> bool:
+    """Whether a token is a number (`-1`, `-1e-3`): a value, never a flag."""
     try:
         float(token)
     except ValueError:
@@ -279,7 +280,7 @@ def parse_command(arguments_class: type[T], argv: Sequence[str], command: str,
     names = [f.name for f in dataclasses.fields(arguments_class)]
     flags = ", ".join(f"--{name}" for name in names)
     for token in rest:
-        if token.startswith("-") and not _is_number(token):
+        if token.startswith("-") and not is_number(token):
             name = token.split("=", 1)[0].lstrip("-").replace("-", "_")
             fail(f"unknown flag --{name} for loraplus {command}{nearest(name, names)} ({command} takes {flags})")
     if rest and not positionals:

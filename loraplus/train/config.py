@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from loraplus.train.arguments import coerce, command_parser, fail, flag_lines, nearest, type_name
+from loraplus.train.arguments import coerce, command_parser, fail, flag_lines, is_number, nearest, type_name
 from loraplus.train.files import write_text_atomic
 from loraplus.core.settings import LORAPLUS_OPTIMIZERS, LoraPlusArguments
 
@@ -326,7 +326,7 @@ def parse_train_args(argv: Sequence[str], command_flags: Sequence[str] = ()) -> 
     for token in rest:
         if token.startswith("--"):
             _hint(_norm(token[2:].split("=", 1)[0]), command_flags)  # raises: unknown key, with the nearest one
-        if token.startswith("-") and not token[1:2].replace(".", "").isdigit():  # "-1" is a value
+        if token.startswith("-") and not is_number(token):
             fail(f"unexpected argument '{token}'; flags are written --key value")
     if len(rest) > 1:
         fail(f"more than one config file given ({', '.join(rest)}); pass one YAML file, override with --key value")
