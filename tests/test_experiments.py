@@ -191,6 +191,32 @@ def test_findings_flag_a_chosen_lr_at_the_grid_edge():
     assert not any(line.startswith("- loraplus_r16: the chosen") for line in lines)
 
 
+@pytest.mark.parametrize("drops, stalled", [
+    ({"1": 0.38, "2": 0.42, "3": 0.01}, ["3"]),   # one seed left at chance while the others learned
+    ({"1": 0.28, "2": 0.17, "3": 0.27}, []),      # a slower seed still trained: seed noise, not a stall
+    ({"1": 0.01, "2": 0.02}, []),                 # no seed trained: nothing to set a stall against
+    ({"1": 0.01}, []),
+])
+def test_findings_flag_a_seed_that_barely_trained_beside_one_that_did(drops, stalled):
+    """A final run whose training loss fell under a quarter of its arm's best seed's drop is named as stalled."""
+    from loraplus.experiments.compare import findings
+
+    results = _results([0.8, 0.8, 0.55], [0.8, 0.8, 0.8])
+    results["arms"]["lora"]["loss_drop"] = drops
+    named = [line.split()[3] for line in findings(results) if "stalled" in line]
+    assert named == stalled
+
+
+def test_loss_drop_reads_the_training_losses_only(tmp_path):
+    """The drop is 1 - last / first logged training loss; evaluation records and a nan loss are skipped."""
+    from loraplus.experiments.compare import _loss_drop
+
+    rows = [{"step": 1, "loss": 0.8}, {"step": 1, "test_loss": 0.1}, {"step": 2, "loss": float("nan")},
+            {"step": 3, "loss": 0.6}, {"step": 3, "eval_loss": 5.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert _loss_drop(str(tmp_path)) == pytest.approx(0.25)
+
+
 def _has_riemannian() -> bool:
     try:
         from peft.optimizers import create_riemannian_optimizer  # noqa: F401

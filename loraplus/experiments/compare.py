@@ -73,6 +73,17 @@ def _curve(run_dir: str, metric: str) -> list[tuple[int, float]]:
     return points
 
 
+def _loss_drop(run_dir: str) -> float | None:
+    """How far a run's training loss fell: 1 - last logged / first logged (None with fewer than two logs)."""
+    from loraplus.train.plots import read_metrics
+
+    losses = [r["loss"] for r in read_metrics(Path(run_dir) / "metrics.jsonl")
+              if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
+    if len(losses) < 2 or losses[0] <= 0:
+        return None
+    return 1 - losses[-1] / losses[0]
+
+
 def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: list[float], ratios: list[float],
             output_dir: str, arm_lrs: dict[str, list[float]] | None = None,
             arm_ratios: dict[str, list[float]] | None = None, tune_max_steps: int | None = None) -> dict:
@@ -129,6 +140,7 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
             "final": [_metric_value(s, "test") for s, _ in finals.values()],
             "curves": {str(seed): _curve(d, metric) for seed, (s, d) in finals.items() if not s.get("diverged")},
             "diverged_seeds": [seed for seed, (s, _) in finals.items() if s.get("diverged")],
+            "loss_drop": {str(seed): _loss_drop(d) for seed, (s, d) in finals.items() if not s.get("diverged")},
             "steps": [s["global_step"] for s, _ in finals.values()],
         }
     _speedups(results)
@@ -228,6 +240,7 @@ def findings(results: dict) -> list[str]:
         reach = (f"reaches tuned LoRA's final at step {steps} of {max(arm['steps'])}" if steps
                  else "never reaches tuned LoRA's final")
         out.append(f"- {name} − lora, final test ({better} is better): {diff:+.4f}; {verdict}; {reach}.")
+    out += _stalled_seeds(arms)
     for name, arm in arms.items():
         grid = sorted(arm.get("lrs", p["lrs"]))
         if len(grid) > 1 and arm["chosen_lr"] in (grid[0], grid[-1]):
@@ -235,6 +248,25 @@ def findings(results: dict) -> list[str]:
             out.append(f"- {name}: the chosen lr {arm['chosen_lr']:g} is the {edge} tried, so its best may lie "
                        f"outside the grid; extend --lrs before trusting this arm's result.")
     return out or ["- nothing to compare: run at least lora and one LoRA+ arm."]
+
+
+# A seed whose training loss fell less than this fraction of what its arm's best seed's fell has stalled.
+STALL_FRACTION = 0.25
+
+
+def _stalled_seeds(arms: dict) -> list[str]:
+    """Seeds that barely trained while another seed of the same arm did: a stuck start (for example a
+    classifier left at chance), which decides the arm's mean and is not the seed noise the ranking allows for."""
+    out = []
+    for name, arm in arms.items():
+        drops = {seed: d for seed, d in arm.get("loss_drop", {}).items() if d is not None}
+        top = max(drops.values(), default=0.0)
+        for seed, drop in drops.items():
+            if top > 0.05 and drop < STALL_FRACTION * top:
+                out.append(f"- {name} seed {seed} stalled: its training loss fell {100 * drop:.0f}%, another seed's "
+                           f"{100 * top:.0f}%. Its final counts in {name}'s mean; rerun with more seeds or a smaller "
+                           f"lr before trusting {name}'s result.")
+    return out
 
 
 def _plot_curves(results: dict, path: Path) -> None:
