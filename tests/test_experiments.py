@@ -209,12 +209,12 @@ def test_findings_flag_a_seed_that_barely_trained_beside_one_that_did(drops, sta
 
 def test_loss_drop_reads_the_training_losses_only(tmp_path):
     """The drop is 1 - last / first logged training loss; evaluation records and a nan loss are skipped."""
-    from loraplus.experiments.compare import _loss_drop
+    from loraplus.experiments.compare import _loss_drop, _records
 
     rows = [{"step": 1, "loss": 0.8}, {"step": 1, "test_loss": 0.1}, {"step": 2, "loss": float("nan")},
             {"step": 3, "loss": 0.6}, {"step": 3, "eval_loss": 5.0}]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert _loss_drop(str(tmp_path)) == pytest.approx(0.25)
+    assert _loss_drop(_records(str(tmp_path))) == pytest.approx(0.25)
 
 
 def _has_riemannian() -> bool:

@@ -61,24 +61,26 @@ def _print_run(what: str, summary: dict, split: str, reused: bool) -> None:
     print(f"{what}: {summary.get('global_step')} steps, {shown}" + (" (reused)" if reused else ""), flush=True)
 
 
-def _curve(run_dir: str, metric: str) -> list[tuple[int, float]]:
-    """A final run's test curve: its loop evaluations, logged as test_* (eval_* in runs made by earlier versions)."""
+def _records(run_dir: str) -> list[dict]:
+    """What a run logged while it trained (its metrics.jsonl), read once for its curve and its loss drop."""
     from loraplus.train.plots import read_metrics
 
+    return read_metrics(Path(run_dir) / "metrics.jsonl")
+
+
+def _curve(records: list[dict], metric: str) -> list[tuple[int, float]]:
+    """A final run's test curve: its loop evaluations, logged as test_* (eval_* in runs made by earlier versions)."""
     points = []
-    for r in read_metrics(Path(run_dir) / "metrics.jsonl"):
+    for r in records:
         key = next((k for k in (f"test_{metric}", f"eval_{metric}") if k in r), None)
         if key is not None:
             points.append((r["step"], r[key]))
     return points
 
 
-def _loss_drop(run_dir: str) -> float | None:
+def _loss_drop(records: list[dict]) -> float | None:
     """How far a run's training loss fell: 1 - last logged / first logged (None with fewer than two logs)."""
-    from loraplus.train.plots import read_metrics
-
-    losses = [r["loss"] for r in read_metrics(Path(run_dir) / "metrics.jsonl")
-              if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
+    losses = [r["loss"] for r in records if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
     if len(losses) < 2 or losses[0] <= 0:
         return None
     return 1 - losses[-1] / losses[0]
@@ -131,6 +133,7 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
                 finals[seed] = (run_cell(cfg, role="final"), cfg.output_dir)
             _print_run(f"final {arm} lr_A {chosen:g} seed {seed}", finals[seed][0], "test", reused)
         metric = next((s["metric"] for s, _ in finals.values() if s["metric"]), None)
+        logged = {str(seed): _records(d) for seed, (s, d) in finals.items() if not s.get("diverged")}
         results["arms"][arm] = {
             "ratio": ratio, "lrs": grids[arm], "init": settings["lora_init"],
             "optimizer": settings["loraplus_optimizer"],
@@ -138,9 +141,9 @@ def compare(base: TrainConfig, *, methods: list[str], seeds: list[int], lrs: lis
             "chosen_lr": chosen, "validation_by_lr": {f"{k:g}": run_score(s) for k, s in tuning.items()},
             "metric": metric,
             "final": [_metric_value(s, "test") for s, _ in finals.values()],
-            "curves": {str(seed): _curve(d, metric) for seed, (s, d) in finals.items() if not s.get("diverged")},
+            "curves": {seed: _curve(r, metric) for seed, r in logged.items()},
             "diverged_seeds": [seed for seed, (s, _) in finals.items() if s.get("diverged")],
-            "loss_drop": {str(seed): _loss_drop(d) for seed, (s, d) in finals.items() if not s.get("diverged")},
+            "loss_drop": {seed: _loss_drop(r) for seed, r in logged.items()},
             "steps": [s["global_step"] for s, _ in finals.values()],
         }
     _speedups(results)
@@ -332,7 +335,7 @@ def _final_value(run_dir: str, summary: dict) -> float | None:
     peaks and then degrades shows it here, beside its score)."""
     if summary.get("diverged") or not summary["metric"]:
         return None
-    curve = _curve(run_dir, summary["metric"])
+    curve = _curve(_records(run_dir), summary["metric"])
     if not curve:
         return summary["best_metric"]
     last = max(step for step, _ in curve)
