@@ -1,7 +1,8 @@
 # Sourced by the long evidence scripts: keep each finished run's small files in results/ (committed as they
 # finish) and put them back into runs/ on a fresh checkout, so an experiment resumes on any machine.
 #
-#   restore_runs RUNS KEPT   # before the experiment: finished runs come back from KEPT into RUNS
+#   start_runs RUNS KEPT     # before the experiment: restore_runs, or with FRESH=1 start over
+#   restore_runs RUNS KEPT   # finished runs come back from KEPT into RUNS
 #   keep_runs RUNS KEPT      # the small files of each finished run in RUNS copied to KEPT
 #
 # Runs store absolute paths; the kept copies name them from the checkout ("./", "../"), which the
@@ -31,4 +32,10 @@ restore_runs() {
     [ -e "$runs/$rel/summary.json" ] || [ -e "$runs/$rel/diverged.json" ] || {
       mkdir -p "$runs/$rel"; cp "$kept/$rel"/* "$runs/$rel/"; }
   done
+}
+
+# FRESH=1 reruns an experiment from nothing instead of reusing the committed runs: the local runs and the
+# kept copies are removed (git still has the kept ones; `git diff` then shows what the rerun changed).
+start_runs() {
+  if [ "${FRESH:-0}" = 1 ]; then rm -rf "$1" "$2"; else restore_runs "$1" "$2"; fi
 }

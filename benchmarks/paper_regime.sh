@@ -7,7 +7,7 @@
 #
 # Resumable across machines: every finished run's config.yaml, summary.json and metrics.jsonl are kept
 # in results/paper_regime/<task>/runs/ and put back into runs/ before compare starts, which then reuses
-# them. Run it again after an interruption; report.md, curves.png and results.json land in
+# them. Run it again after an interruption (FRESH=1 reruns everything instead); report.md, curves.png and results.json land in
 # results/paper_regime/<task>/ when every run has finished.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ tune_steps=250
 runs=runs/paper_regime/$task
 kept=results/paper_regime/$task/runs
 . benchmarks/kept_runs.sh
-restore_runs "$runs" "$kept"
+start_runs "$runs" "$kept"
 ( while sleep 60; do keep_runs "$runs" "$kept"; done ) & keeper=$!
 trap 'kill $keeper 2>/dev/null; keep_runs "$runs" "$kept"' EXIT
 .venv/bin/loraplus compare "results/paper_regime/$task.yaml" --seeds 1,2,3 --tune_max_steps "$tune_steps" \

@@ -7,14 +7,14 @@
 #   bash benchmarks/paper_regime_heatmap.sh    # 24 runs, about 6,000 optimizer steps; resumable
 #
 # Resumable across machines as benchmarks/paper_regime.sh is: finished runs are kept in
-# results/paper_regime/mnli_heatmap/init_*/ and put back before each sweep starts.
+# results/paper_regime/mnli_heatmap/init_*/ and put back before each sweep starts (FRESH=1 reruns them all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benchmarks/kept_runs.sh
 for init in A B; do
   runs=runs/paper_regime/mnli_heatmap/init_$init
   kept=results/paper_regime/mnli_heatmap/init_$init
-  restore_runs "$runs" "$kept"
+  start_runs "$runs" "$kept"
   ( while sleep 60; do keep_runs "$runs" "$kept"; done ) & keeper=$!
   trap 'kill $keeper 2>/dev/null; keep_runs "$runs" "$kept"' EXIT
   .venv/bin/loraplus sweep results/paper_regime/mnli.yaml --lora_init "$init" --seed 1 --max_steps 250 \
