@@ -207,6 +207,19 @@ def test_findings_flag_a_seed_that_barely_trained_beside_one_that_did(drops, sta
     assert named == stalled
 
 
+def test_a_stalled_lora_seed_is_said_to_lower_the_steps_target_of_every_arm():
+    """LoRA's mean final is the target of every arm's steps-to-LoRA's-final, so its stalled seed moves them all."""
+    from loraplus.experiments.compare import findings
+
+    results = _results([0.8, 0.8, 0.55], [0.8, 0.8, 0.55])
+    for arm in results["arms"].values():
+        arm["loss_drop"] = {"1": 0.4, "2": 0.4, "3": 0.01}
+    stalled = {line.split()[1]: line for line in findings(results) if "stalled" in line}
+    assert sorted(stalled) == ["lora", "loraplus_r16"]
+    assert "steps to tuned LoRA's final" in stalled["lora"]
+    assert "steps to tuned LoRA's final" not in stalled["loraplus_r16"]
+
+
 def test_loss_drop_reads_the_training_losses_only(tmp_path):
     """The drop is 1 - last / first logged training loss; evaluation records and a nan loss are skipped."""
     from loraplus.experiments.compare import _loss_drop, _records
