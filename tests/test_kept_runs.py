@@ -10,9 +10,11 @@ HELPERS = Path(__file__).resolve().parents[1] / "benchmarks" / "kept_runs.sh"
 
 
 def _shell(checkout, script, **env):
-    """Run SCRIPT in bash inside CHECKOUT with the helpers sourced."""
+    """Run SCRIPT in bash inside CHECKOUT with the helpers sourced; FRESH only when the test sets it, never
+    inherited from the shell that runs the tests."""
+    inherited = {k: v for k, v in os.environ.items() if k != "FRESH"}
     subprocess.run(["bash", "-c", f'set -euo pipefail; . "{HELPERS}"; {script}'], cwd=checkout, check=True,
-                   env={**os.environ, **env})
+                   env={**inherited, **env})
 
 
 def _finished_run(run_dir, checkout):
