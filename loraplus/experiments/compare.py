@@ -269,7 +269,8 @@ def _stalled_seeds(arms: dict) -> list[str]:
                 out.append(f"- {name} seed {seed} stalled: its training loss fell {100 * drop:.0f}%, another seed's "
                            f"{100 * top:.0f}%. Its final counts in {name}'s mean; rerun with more seeds or a smaller "
                            f"lr before trusting {name}'s result."
-                           + (" It also lowers the target that every arm's steps to tuned LoRA's final count to."
+                           + (" It also makes LoRA's mean final, the target of every arm's steps to tuned LoRA's "
+                              "final, easier to reach."
                               if name == "lora" else ""))
     return out
 
