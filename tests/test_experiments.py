@@ -191,6 +191,17 @@ def test_findings_flag_a_chosen_lr_at_the_grid_edge():
     assert not any(line.startswith("- loraplus_r16: the chosen") for line in lines)
 
 
+def test_findings_name_an_lr_that_tied_the_chosen_one_on_validation():
+    """When another lr scored exactly the chosen lr's validation metric, the tie-break chose: the report says so."""
+    from loraplus.experiments.compare import findings
+
+    results = _results([0.5, 0.5], [0.5, 0.5])
+    results["arms"]["lora"]["validation_by_lr"] = {"0.0003": 0.70, "0.001": 0.78, "0.003": 0.78}
+    results["arms"]["loraplus_r16"]["validation_by_lr"] = {"0.0003": 0.70, "0.001": 0.78, "0.003": 0.7799}
+    tied = [line for line in findings(results) if "tied" in line]
+    assert len(tied) == 1 and tied[0].startswith("- lora: lr 0.003 tied the chosen 0.001")
+
+
 @pytest.mark.parametrize("drops, stalled", [
     ({"1": 0.38, "2": 0.42, "3": 0.01}, ["3"]),   # one seed left at chance while the others learned
     ({"1": 0.28, "2": 0.17, "3": 0.27}, []),      # a slower seed still trained: seed noise, not a stall
