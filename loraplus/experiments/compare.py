@@ -255,7 +255,7 @@ def findings(results: dict) -> list[str]:
             chosen = f"{arm['chosen_lr']:g}"
             out.append(f"- {name}: lr {', '.join(tied)} tied the chosen {chosen} on validation "
                        f"({arm['validation_by_lr'][chosen]:.4f}); the lower validation loss "
-                       "picked it, so tuning did not separate them: train the tied lr's seeds too before trusting "
+                       f"picked {chosen}, so tuning did not separate them: train the tied lr's seeds too before trusting "
                        f"{name}'s result.")
     return out or ["- nothing to compare: run at least lora and one LoRA+ arm."]
 
