@@ -12,9 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 task=${1:-mnli}
-[ -f "results/paper_regime/$task.yaml" ] || { echo "no results/paper_regime/$task.yaml; use mnli, qnli, qqp or sst2" >&2; exit 2; }
-tune_steps=250
-[ "$task" = sst2 ] && tune_steps=176   # one epoch of its 5,604 training sentences
+. benchmarks/paper_regime_protocol.sh
+paper_regime_task "$task"
 runs=runs/paper_regime/$task
 kept=results/paper_regime/$task/runs
 . benchmarks/kept_runs.sh
@@ -24,7 +23,7 @@ trap 'kill $keeper 2>/dev/null; keep_runs "$runs" "$kept"' EXIT
 .venv/bin/loraplus compare "results/paper_regime/$task.yaml" --seeds 1,2,3 --tune_max_steps "$tune_steps" \
   --methods lora,loraplus_init2,loraplus,riemannian \
   --lrs_lora 3e-4,1e-3,3e-3,1e-2 --lrs_riemannian 1e-3,3e-3,1e-2 \
-  --lrs_loraplus 3e-4,1e-3,3e-3 --ratios_loraplus 4 \
-  --lrs_loraplus_init2 3e-4,1e-3,3e-3 --ratios_loraplus_init2 16 \
+  --lrs_loraplus 3e-4,1e-3,3e-3 --ratios_loraplus "$ratio_loraplus" \
+  --lrs_loraplus_init2 3e-4,1e-3,3e-3 --ratios_loraplus_init2 "$ratio_loraplus_init2" \
   --output_dir "$runs"
 cp "$runs/report.md" "$runs/curves.png" "$runs/results.json" "results/paper_regime/$task/"

@@ -10,17 +10,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# = 3 ] || { echo "usage: bash benchmarks/paper_regime_arm.sh TASK METHOD LR_A (e.g. qqp lora 3e-3)" >&2; exit 2; }
 task=$1 method=$2 lr=$3
-[ -f "results/paper_regime/$task.yaml" ] || { echo "no results/paper_regime/$task.yaml; use mnli, qnli, qqp or sst2" >&2; exit 2; }
-tune_steps=250
-[ "$task" = sst2 ] && tune_steps=176
+. benchmarks/paper_regime_protocol.sh
+paper_regime_task "$task"
 name=${task}_${method}_lr$lr
 runs=runs/paper_regime/$name
 kept=results/paper_regime/$name/runs
 . benchmarks/kept_runs.sh
 start_runs "$runs" "$kept"
-# the ratios paper_regime.sh gives the LoRA+ arms; compare names such an arm METHOD_rRATIO
+# the LoRA+ arms train at the protocol's ratio; compare names such an arm METHOD_rRATIO
 ratio=""
-case $method in loraplus) ratio=4 ;; loraplus_init2) ratio=16 ;; esac
+case $method in loraplus) ratio=$ratio_loraplus ;; loraplus_init2) ratio=$ratio_loraplus_init2 ;; esac
 arm=$method${ratio:+_r$ratio}
 # ... and a tuning run ARM_lrLR with the lr as Python's :g prints it (3e-3 -> 0.003)
 tuned=$(.venv/bin/python -c "import sys; print(f'{sys.argv[1]}_lr{float(sys.argv[2]):g}')" "$arm" "$lr")

@@ -250,24 +250,21 @@ def findings(results: dict) -> list[str]:
             edge = "smallest" if arm["chosen_lr"] == grid[0] else "largest"
             out.append(f"- {name}: the chosen lr {arm['chosen_lr']:g} is the {edge} tried, so its best may lie "
                        f"outside the grid; extend --lrs before trusting this arm's result.")
-        tied = _tied_lrs(arm)
+        chosen = f"{arm['chosen_lr']:g}"
+        tied = _tied_lrs(arm.get("validation_by_lr", {}), chosen)
         if tied:
-            chosen = f"{arm['chosen_lr']:g}"
             out.append(f"- {name}: lr {', '.join(tied)} tied the chosen {chosen} on validation "
-                       f"({arm['validation_by_lr'][chosen]:.4f}); the lower validation loss "
-                       f"picked {chosen}, so tuning did not separate them: train the tied lr's seeds too before trusting "
+                       f"({arm['validation_by_lr'][chosen]:.4f}); the lower validation loss picked {chosen}, "
+                       f"so tuning did not separate them: train the tied lr's seeds too before trusting "
                        f"{name}'s result.")
     return out or ["- nothing to compare: run at least lora and one LoRA+ arm."]
 
 
-def _tied_lrs(arm: dict) -> list[str]:
-    """The other lrs whose validation score equals the chosen lr's: the tie-break, not the metric, chose."""
-    scores = arm.get("validation_by_lr", {})
-    chosen = scores.get(f"{arm['chosen_lr']:g}")
-    if chosen is None:
-        return []
-    return [lr for lr, v in scores.items() if lr != f"{arm['chosen_lr']:g}" and v is not None
-            and math.isclose(v, chosen, rel_tol=0, abs_tol=1e-9)]
+def _tied_lrs(scores: dict[str, float | None], chosen: str) -> list[str]:
+    """The other lrs that scored exactly the chosen lr's validation metric: `selection.ranked` left the choice
+    between them to the tie-break."""
+    best = scores.get(chosen)
+    return [lr for lr, v in scores.items() if best is not None and lr != chosen and v == best]
 
 
 # A seed whose training loss fell less than this fraction of what its arm's best seed's fell has stalled.
