@@ -22,7 +22,7 @@ start_runs "$runs" "$kept"
 trap 'kill $keeper 2>/dev/null; keep_runs "$runs" "$kept"' EXIT
 .venv/bin/loraplus compare "results/paper_regime/$task.yaml" --seeds 1,2,3 --tune_max_steps "$tune_steps" \
   --methods lora,loraplus_init2,loraplus,riemannian \
-  --lrs_lora 3e-4,1e-3,3e-3,1e-2 --lrs_riemannian 1e-3,3e-3,1e-2 \
+  --lrs_lora 3e-4,1e-3,3e-3,1e-2 --lrs_riemannian 1e-3,3e-3,1e-2,3e-2 \
   --lrs_loraplus 3e-4,1e-3,3e-3 --ratios_loraplus "$ratio_loraplus" \
   --lrs_loraplus_init2 3e-4,1e-3,3e-3 --ratios_loraplus_init2 "$ratio_loraplus_init2" \
   --output_dir "$runs"
